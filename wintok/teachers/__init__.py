@@ -1,0 +1,1 @@
+"""wintok/teachers."""

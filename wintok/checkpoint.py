@@ -274,7 +274,8 @@ def load_any(path: str | Path, **kwargs: Any):
         from wintok.wetok.checkpoint import load_wetok_official, looks_like_wetok
 
         if looks_like_wetok(obj):
-            return load_wetok_official(obj, source=str(path), config=kwargs.get("wetok_config"))
+            return load_wetok_official(obj, source=str(path), config=kwargs.get("wetok_config"),
+                                       image_size=kwargs.get("image_size"))
     raise CheckpointError(
         f"{path}: not a recognised tokenizer checkpoint (expected a save_pretrained directory, "
         f"an official WinTok .pth with 'args' and 'trainer', or an official WeTok Lightning "

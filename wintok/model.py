@@ -7,9 +7,6 @@ Decoding: ids -> normalised codes -> post_quant_proj -> transformer -> pixels.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +17,8 @@ from torch import nn
 from wintok.config import WinTokConfig
 from wintok.quantizer import AttnProjection, MultiCodebookQuantizer, QuantizerOutput
 from wintok.siglip import VisionTower
-from wintok.tokenizer import TokenizerOutput, TokenLayout, check_precision
+from wintok.tokenizer import (TokenizerOutput, TokenLayout, autocast_for, check_precision,
+                              state_dict_hash)
 
 
 def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
@@ -170,7 +168,7 @@ class WinTok(nn.Module):
         ids = self.quantizer.features_to_ids(self._float32(self.quant_proj, patches))
         if not semantic:
             return TokenizerOutput(ids=ids)
-        with _autocast(images.device, precision):
+        with autocast_for(images.device, precision):
             sem = self.projection(self.fc_norm(queries))
         sem = sem.float()
         return TokenizerOutput(ids=ids, semantic=sem, pooled=sem.mean(dim=1))
@@ -193,7 +191,7 @@ class WinTok(nn.Module):
     def _encode_trunk(self, images: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder over [patches | queries]; returns post-layernormed (patches, queries)."""
         vm = self.encoder.vision_model
-        with _autocast(images.device, precision):
+        with autocast_for(images.device, precision):
             x = vm.embeddings(self.scaling_layer(images))
             b, n_patch, _ = x.shape
             q = (self.query_tokens + self.query_tokens_pos_embed).unsqueeze(0).expand(b, -1, -1)
@@ -202,14 +200,14 @@ class WinTok(nn.Module):
 
     @staticmethod
     def _float32(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        with _autocast(x.device, "fp32"):
+        with autocast_for(x.device, "fp32"):
             return module(x.float())
 
     def decode_codes(self, codes: torch.Tensor, *, precision: str = "fp32") -> torch.Tensor:
         """(B, L, vocab_width) normalised codes -> images (differentiable; used in training)."""
         c = self.config
         h = self._float32(self.post_quant_proj, codes)
-        with _autocast(h.device, precision):
+        with autocast_for(h.device, precision):
             x = self.decode_task_layer_1(h) + self.decoder_rec_pos_embed.unsqueeze(0)
             vm = self.decoder.vision_model
             x = vm.post_layernorm(vm.encoder(x))
@@ -225,26 +223,7 @@ class WinTok(nn.Module):
         patches, queries = self._encode_trunk(images, precision)
         quant = self.quantizer(self._float32(self.quant_proj, patches), beta=beta,
                                entropy_temp=entropy_temp)
-        with _autocast(images.device, precision):
+        with autocast_for(images.device, precision):
             pooled = self.projection(self.fc_norm(queries)).float().mean(dim=1)
         return TrainOutput(recon=self.decode_codes(quant.codes, precision=precision),
                            pooled=pooled, quant=quant)
-
-
-def _autocast(device: torch.device, precision: str):
-    """bf16 autocast for 'bf16'; an explicit fp32 region (autocast off) for 'fp32'."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if torch.is_autocast_enabled(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def state_dict_hash(state: dict[str, torch.Tensor], extra: str = "") -> str:
-    """sha256 over `extra` and every tensor in sorted key order (name, dtype, shape, bytes)."""
-    h = hashlib.sha256(extra.encode())
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

@@ -5,6 +5,9 @@ model class, so a corpus can be tokenized with either family chosen by a checkpo
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,6 +101,25 @@ PRECISIONS = ("fp32", "bf16")
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast for 'bf16'; an explicit fp32 region (autocast off) for 'fp32'."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def state_dict_hash(state: dict[str, torch.Tensor], extra: str = "") -> str:
+    """sha256 over `extra` and every tensor in sorted key order (name, dtype, shape, bytes)."""
+    h = hashlib.sha256(extra.encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_tokenizer(path: str | Path, **kwargs) -> Tokenizer:

@@ -210,8 +210,11 @@ def plan_outputs(spec: FeaturizeSpec, tokenizer, teachers: dict, pre: Preprocess
     for t_spec, t in teachers.items():
         recipe = {"preprocess": pre.to_dict(), "teacher_preprocess": t.preprocess,
                   "patches": spec.teacher_patches}
-        desc = {"teacher": t_spec, "identity": t.identity, "dim": t.dim,
-                "patch_dim": t.patch_dim if spec.teacher_patches else None, **recipe}
+        desc = {"teacher": t_spec, "identity": t.identity, "dim": t.dim, "patch_dim": None,
+                "patch_tokens": None, **recipe}
+        if spec.teacher_patches and t.patch_dim:
+            probe = t.embed(torch.zeros(1, 3, pre.size, pre.size), patches=True).patches
+            desc["patch_tokens"], desc["patch_dim"] = int(probe.shape[1]), int(probe.shape[2])
         outputs.append(Output("features", t_spec, lineage_name(t.identity, recipe), desc))
     return outputs
 
@@ -260,7 +263,7 @@ class _ShardWriter:
         if o.kind == "tokens":
             streams, positions = o.description["layout"]["num_streams"], _positions(o)
             ids = self._cat("pixel_ids", (streams, positions)).astype(np.uint16)
-            cols["pixel_ids"] = _fixed(ids.reshape(n, -1))
+            cols["pixel_ids"] = _fixed(ids.reshape(n, streams * positions))
             zarr_rows["pixel_ids"] = ids
             sem_shape = o.description["semantic_shape"]
             if sem_shape:
@@ -268,12 +271,12 @@ class _ShardWriter:
                 dt = o.description["semantic_dtype"]
                 if dt == "int8":
                     q, scale = quantize_int8(sem)
-                    cols["semantic"] = _fixed(q.reshape(n, -1))
-                    cols["semantic_scale"] = _fixed(scale.reshape(n, -1))
+                    cols["semantic"] = _fixed(q.reshape(n, int(np.prod(sem_shape))))
+                    cols["semantic_scale"] = _fixed(scale.reshape(n, int(np.prod(sem_shape[:-1]))))
                     zarr_rows["semantic"], zarr_rows["semantic_scale"] = q, scale
                 else:
                     bits = half_to_bits(sem, dt)
-                    cols["semantic"] = _fixed(bits.reshape(n, -1))
+                    cols["semantic"] = _fixed(bits.reshape(n, int(np.prod(sem_shape))))
                     zarr_rows["semantic"] = bits
             spec = token_rows_schema(streams, positions, tuple(sem_shape) if sem_shape else None,
                                      o.description["semantic_dtype"])
@@ -284,10 +287,13 @@ class _ShardWriter:
             zarr_rows["pooled"] = pooled
             patch_tokens = None
             if o.description["patch_dim"]:
-                patch = self._cat("patch", (1, dim))
+                patch = self._cat("patch", (o.description["patch_tokens"], o.description["patch_dim"]))
                 patch_tokens = patch.shape[1]
-                cols["patch"] = _fixed(half_to_bits(patch, "float16").reshape(n, -1))
-            spec = teacher_features_schema(dim, patch_tokens=patch_tokens)
+                bits = half_to_bits(patch, "float16")
+                cols["patch"] = _fixed(bits.reshape(n, patch_tokens * o.description["patch_dim"]))
+                zarr_rows["patch"] = bits
+            spec = teacher_features_schema(dim, patch_tokens=patch_tokens,
+                                           patch_dim=o.description["patch_dim"])
         table = validate_table(pa.table(cols), spec)
         name = f"{shard_name(self.shard)}.parquet"
         buf = pa.BufferOutputStream()
@@ -317,9 +323,14 @@ class _ShardWriter:
             block = np.zeros((cap,) + arr.shape[1:], arr.dtype)
             block[idx] = arr
             payload[name] = block
-        for name, block in payload.items():
-            group[name][start:start + cap] = block
-            written.append(name)
+        import zarr
+
+        # Write every chunk even when it equals the fill value (an all-failed shard, zero ids):
+        # the commit records a checksum for each chunk file, so each must exist.
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            for name, block in payload.items():
+                group[name][start:start + cap] = block
+                written.append(name)
         return {rel: None for rel in _chunk_files(self.store, self.out, written, self.shard)}
 
 
@@ -359,7 +370,9 @@ def create_output_arrays(store: Store, out: Output, *, num_shards: int, capacity
                               tuple(d["semantic_shape"]) if d["semantic_shape"] else None,
                               d["semantic_dtype"], num_shards=num_shards, capacity=capacity)
     else:
-        layout = teacher_features_layout(d["dim"], num_shards=num_shards, capacity=capacity)
+        patch = (d["patch_tokens"], d["patch_dim"]) if d.get("patch_dim") else None
+        layout = teacher_features_layout(d["dim"], num_shards=num_shards, capacity=capacity,
+                                         patch_shape=patch)
     url = zarr_url(store, out)
     if not store.fs.exists(join(url, "zarr.json")):
         create_zarr(url, layout)

@@ -31,8 +31,10 @@ def _positive_int(name: str, value: object) -> int:
     return int(value)
 
 
-def teacher_features_schema(dim: int, *, patch_tokens: int | None = None) -> TableSpec:
-    """Schema of teacher embeddings: pooled float32 (dim) and optional float16-bit patch tokens."""
+def teacher_features_schema(dim: int, *, patch_tokens: int | None = None,
+                            patch_dim: int | None = None) -> TableSpec:
+    """Schema of teacher embeddings: pooled float32 (dim) and optional float16-bit patch tokens
+    (patch_tokens x patch_dim, patch_dim defaulting to dim)."""
     dim = _positive_int("dim", dim)
     fields = [
         pa.field("key", pa.string(), nullable=False),
@@ -43,8 +45,10 @@ def teacher_features_schema(dim: int, *, patch_tokens: int | None = None) -> Tab
     meta = {b"wintok.dim": str(dim).encode()}
     if patch_tokens is not None:
         patch_tokens = _positive_int("patch_tokens", patch_tokens)
-        fields.append(_dtype_field("patch", pa.uint16(), patch_tokens * dim, "float16"))
+        patch_dim = dim if patch_dim is None else _positive_int("patch_dim", patch_dim)
+        fields.append(_dtype_field("patch", pa.uint16(), patch_tokens * patch_dim, "float16"))
         meta[b"wintok.patch_tokens"] = str(patch_tokens).encode()
+        meta[b"wintok.patch_dim"] = str(patch_dim).encode()
     return TableSpec(name="teacher_features", version=1, schema=pa.schema(fields, metadata=meta))
 
 

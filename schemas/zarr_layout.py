@@ -68,10 +68,14 @@ def _common(num_shards: int, capacity: int) -> tuple[ArraySpec, ...]:
     )
 
 
-def teacher_features_layout(dim: int, *, num_shards: int, capacity: int) -> ZarrLayout:
-    """Layout of pooled teacher features: pooled (rows, dim) float32 + valid + key."""
-    return ZarrLayout("teacher_features", num_shards, capacity,
-                      _common(num_shards, capacity) + (ArraySpec("pooled", (dim,), "float32"),))
+def teacher_features_layout(dim: int, *, num_shards: int, capacity: int,
+                            patch_shape: tuple[int, int] | None = None) -> ZarrLayout:
+    """Layout of teacher features: pooled (rows, dim) float32 + valid + key, and optionally
+    patch (rows, tokens, patch_dim) as float16 bits."""
+    arrays = _common(num_shards, capacity) + (ArraySpec("pooled", (dim,), "float32"),)
+    if patch_shape is not None:
+        arrays += (ArraySpec("patch", tuple(patch_shape), "uint16", attrs={"wintok.dtype": "float16"}),)
+    return ZarrLayout("teacher_features", num_shards, capacity, arrays)
 
 
 def token_layout(

@@ -191,3 +191,86 @@ def test_truncated_image_shard_fails_that_shard_only(base, local_ray, tmp_path):
                     progress=False)
     assert res.shards_done == 2 and list(res.shards_failed) == [1]
     assert "truncated or corrupt" in res.shards_failed[1]
+
+
+def rewrite_image_shard(store_root: Path, shard: int, corrupt) -> list[str]:
+    """Re-commit an image shard whose selected members are replaced by non-image bytes."""
+    import io
+    import tarfile
+
+    from pipelines.store import open_store
+
+    path = Path(store_root, "images", f"{shard:05d}.tar")
+    src = tarfile.open(path)
+    members = [(m, src.extractfile(m).read()) for m in src.getmembers()]
+    bad = []
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as out:
+        for i, (m, data) in enumerate(members):
+            key = m.name.split(".")[0]
+            if m.name.endswith(".jpg") and corrupt(len({k.name.split('.')[0] for k, _ in members[:i + 1]}) - 1):
+                data, bad = b"not a jpeg at all", bad + [key]
+            m.size = len(data)
+            out.addfile(m, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+    store = open_store(str(store_root))
+    rec = store.commits("images")[shard]
+    store.commit_shard("images", shard, list(rec.files), rec.counts, extra=rec.extra)
+    return bad
+
+
+def test_undecodable_samples_are_recorded_and_the_rest_processed(base, local_ray, tmp_path):
+    images, ckpt = base
+    s2 = copy_store(images, tmp_path / "store")
+    bad0 = rewrite_image_shard(s2, 0, corrupt=lambda i: i % 2 == 1)  # every other sample
+    bad2 = rewrite_image_shard(s2, 2, corrupt=lambda i: True)  # the whole shard
+    res = featurize(str(s2), FeaturizeSpec(tokenizer=str(ckpt), batch_size=BATCH, teacher_patches=True),
+                    progress=False)
+    assert res.ok and res.decode_failed == len(bad0) + len(bad2) == 8 + 8
+    stage = next(s for s in res.outputs if s.startswith("tokens/"))
+    commits = {int(p.stem): json.loads(p.read_text()) for p in Path(s2, stage, "_commits").glob("*.json")}
+    assert commits[0]["counts"] == {"samples": 16, "rows": 8, "decode_failed": 8}
+    assert commits[2]["counts"] == {"samples": 8, "rows": 0, "decode_failed": 8}
+    assert sorted(f[0] for f in commits[0]["extra"]["failures"]) == sorted(bad0)
+    assert all(f[2].startswith("decode_error:") for f in commits[0]["extra"]["failures"])
+    rows = read_parquet_rows(s2, stage)
+    assert not set(rows.column("key").to_pylist()) & set(bad0 + bad2)
+    assert rows.num_rows == 40 - 16
+    assert verify_store(str(s2)).ok
+    # teacher patch embeddings (EfficientNet-Lite0: 7x7 x 1280) stored as float16
+    feats = read_parquet_rows(s2, next(s for s in res.outputs if s.startswith("features/")))
+    keys, pixels = shard_images(s2, 1)
+    want = build_teacher("efficientnet-lite0").embed(to_tensor(list(pixels[:BATCH])), patches=True)
+    got = feats.to_pandas().set_index("key")
+    for j, key in enumerate(keys[:BATCH]):
+        patch = bits_to_float32(np.asarray(got.loc[key, "patch"], np.uint16), "float16").reshape(49, 1280)
+        np.testing.assert_allclose(patch, want.patches[j].numpy(), rtol=2e-3, atol=2e-3)
+    z = zarr.open_group(str(Path(s2, next(s for s in res.outputs if s.startswith("features/")), "zarr")), mode="r")
+    assert z["patch"].shape[1:] == (49, 1280)
+
+
+def test_featurize_runs_unchanged_with_a_wetok_checkpoint(base, local_ray, tmp_path):
+    from wintok.preprocess import Preprocess
+    from wintok.wetok import WeTok, preset as wetok_preset
+    from wintok import save_pretrained
+
+    images, _ = base
+    s2 = copy_store(images, tmp_path / "store")
+    torch.manual_seed(0)
+    wetok = WeTok(wetok_preset("tiny")).eval()
+    ckpt = save_pretrained(wetok, tmp_path / "wetok")
+    res = featurize(str(s2), FeaturizeSpec(tokenizer=str(ckpt), teachers=(), batch_size=BATCH),
+                    progress=False)
+    assert res.ok and res.featurized == 40
+    stage = next(iter(res.outputs))
+    assert stage.startswith(f"tokens/{wetok.identity}-")
+    assert res.outputs[stage]["layout"] == wetok.layout.to_dict()
+    rows = read_parquet_rows(s2, stage)
+    assert "semantic" not in rows.column_names
+    got = rows.to_pandas().set_index("key")
+    keys, pixels = shard_images(s2, 0, size=wetok.image_size)  # resized as featurize does
+    ids = wetok.encode(to_tensor(list(pixels))).ids.numpy()
+    for j, key in enumerate(keys):
+        assert np.array_equal(np.asarray(got.loc[key, "pixel_ids"]).reshape(ids[j].shape), ids[j])
+    z = zarr.open_group(str(Path(s2, stage, "zarr")), mode="r")
+    assert z["pixel_ids"].shape[1:] == wetok.layout.ids_shape and "semantic" not in z

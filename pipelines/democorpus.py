@@ -55,10 +55,11 @@ def _source(name: str) -> np.ndarray:
     return img
 
 
-def _photo(rng: np.random.Generator, sources: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+def _photo(rng: np.random.Generator, sources: dict[str, np.ndarray],
+           names: tuple[str, ...] = PHOTO_SOURCES) -> tuple[np.ndarray, str]:
     from PIL import Image
 
-    name = PHOTO_SOURCES[int(rng.integers(len(PHOTO_SOURCES)))]
+    name = names[int(rng.integers(len(names)))]
     src = sources.setdefault(name, _source(name))
     h, w = src.shape[:2]
     ch = int(rng.integers(min(96, h), h + 1))
@@ -133,9 +134,10 @@ def _hostile_files(rng: np.random.Generator, sources: dict) -> dict[str, bytes]:
 
 
 def build_demo_corpus(out_dir: str | os.PathLike, *, base_url: str, n_images: int = 64, seed: int = 0,
-                      hostile: bool = False) -> Path:
+                      hostile: bool = False, sources: tuple[str, ...] = PHOTO_SOURCES) -> Path:
     """Write `n_images` photos (and hostile files when asked) under out_dir; return the URL list parquet.
 
+    `sources`: which scikit-image sample photos the crops come from (hold some out to evaluate).
     The list has columns url, caption, uid, case ("photo" or a HOSTILE_CASES name); hostile rows
     are interleaved at deterministic positions. Photos are JPEG, one in five PNG.
     """
@@ -143,14 +145,17 @@ def build_demo_corpus(out_dir: str | os.PathLike, *, base_url: str, n_images: in
         raise ValueError(f"n_images must be a non-negative int, got {n_images!r}")
     if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
         raise ValueError(f"base_url must be an http(s) URL such as the one serve_directory yields, got {base_url!r}")
+    unknown = sorted(set(sources) - set(PHOTO_SOURCES))
+    if not sources or unknown:
+        raise ValueError(f"sources must be a non-empty subset of {PHOTO_SOURCES}, got unknown {unknown}")
     base_url = base_url.rstrip("/")
     out = Path(out_dir)
     (out / "photos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    sources: dict[str, np.ndarray] = {}
+    cache: dict[str, np.ndarray] = {}
     rows = []
     for i in range(n_images):
-        arr, src = _photo(rng, sources)
+        arr, src = _photo(rng, cache, tuple(sources))
         if rng.random() < 0.2:
             name, data = f"photos/{i:05d}.png", _encode(arr, "PNG")
         else:
@@ -160,7 +165,7 @@ def build_demo_corpus(out_dir: str | os.PathLike, *, base_url: str, n_images: in
                      "uid": f"photo-{i}", "case": "photo"})
     if hostile:
         (out / "hostile").mkdir(exist_ok=True)
-        for name, data in _hostile_files(np.random.default_rng(seed + 1), sources).items():
+        for name, data in _hostile_files(np.random.default_rng(seed + 1), cache).items():
             (out / "hostile" / name).write_bytes(data)
         for k, (case, path) in enumerate(HOSTILE_CASES.items()):
             url = path if "://" in path else f"{base_url}/{path}"

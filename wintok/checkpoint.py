@@ -213,6 +213,8 @@ def config_from_official(args: dict[str, Any], state: dict[str, torch.Tensor],
         img_size=grid * patch, patch_size=patch, hidden_size=hidden, num_layers=depth,
         num_heads=heads, intermediate_size=mlp, layer_norm_eps=eps,
         num_latent_tokens=need("query_tokens").shape[0],
+        semantic_dim=(None if need("projection.weight").shape[0] == hidden
+                      else need("projection.weight").shape[0]),
         vocab_size=cb_rows * n_cb, vocab_width=cb_dim * n_cb, num_codebooks=n_cb,
         decoder_hidden_size=need("decoder_rec_pos_embed").shape[1],
         decoder_depth=_count_layers(state, dec),

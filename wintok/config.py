@@ -19,6 +19,8 @@ class WinTokConfig:
     intermediate_size: int = 4304  # encoder MLP width
     layer_norm_eps: float = 1e-6  # encoder and decoder LayerNorm eps (SigLIP)
     num_latent_tokens: int = 32  # N learnable query tokens appended after the patches
+    semantic_dim: int | None = None  # semantic token width (projection output); None: hidden_size.
+    # Set it to the teacher's width when distilling from a teacher of another width.
     # quantizer: num_codebooks codebooks of vocab_size // num_codebooks entries,
     # each matching a contiguous vocab_width // num_codebooks dims chunk by cosine
     vocab_size: int = 16384  # total entries over all codebooks
@@ -37,7 +39,8 @@ class WinTokConfig:
 
         for f in fields(self):
             v = getattr(self, f.name)
-            need(v > 0, f"{f.name} must be positive, got {v!r}")
+            need(v is None and f.name == "semantic_dim" or v is not None and v > 0,
+                 f"{f.name} must be positive, got {v!r}")
         need(self.img_size % self.patch_size == 0, "img_size must be a multiple of patch_size")
         need(self.hidden_size % self.num_heads == 0, "hidden_size must divide by num_heads")
         need(self.decoder_hidden_size % self.decoder_num_heads == 0,
@@ -58,6 +61,11 @@ class WinTokConfig:
     @property
     def num_positions(self) -> int:
         return self.grid_size**2
+
+    @property
+    def semantic_width(self) -> int:
+        """Width of the semantic tokens and the pooled vector."""
+        return self.semantic_dim or self.hidden_size
 
     @property
     def codebook_size(self) -> int:
@@ -99,11 +107,12 @@ PRESETS: dict[str, WinTokConfig] = {
     "tiny": WinTokConfig(hidden_size=192, num_layers=2, num_heads=3, intermediate_size=384,
                          num_latent_tokens=8, decoder_hidden_size=192, decoder_depth=2,
                          decoder_num_heads=3, decoder_intermediate_size=384),
-    # A small model trainable on CPU (128 px, 8x8 grid).
-    "small-128": WinTokConfig(img_size=128, hidden_size=256, num_layers=4, num_heads=4,
-                              intermediate_size=1024, num_latent_tokens=16,
-                              decoder_hidden_size=256, decoder_depth=4, decoder_num_heads=4,
-                              decoder_intermediate_size=1024),
+    # A small model trainable on 2 CPU cores (64 px, patch 8 -> 8x8 grid), distilled from
+    # EfficientNet-Lite0 (1280-d): the shipped demo checkpoint (see README, `wintok train`).
+    "small-64": WinTokConfig(img_size=64, patch_size=8, hidden_size=192, num_layers=4,
+                             num_heads=3, intermediate_size=768, num_latent_tokens=16,
+                             semantic_dim=1280, decoder_hidden_size=192, decoder_depth=4,
+                             decoder_num_heads=3, decoder_intermediate_size=768),
 }
 
 

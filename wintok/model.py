@@ -97,7 +97,7 @@ class WinTok(nn.Module):
         self.post_quant_proj = AttnProjection(c.vocab_width, c.hidden_size, c.num_codebooks)
         # semantic path
         self.fc_norm = nn.LayerNorm(c.hidden_size, eps=1e-6)
-        self.projection = nn.Linear(c.hidden_size, c.hidden_size)
+        self.projection = nn.Linear(c.hidden_size, c.semantic_width)
         # pixel decoder
         self.decode_task_layer_1 = nn.Sequential(
             nn.Linear(c.hidden_size, c.decoder_hidden_size), nn.Tanh(),
@@ -134,7 +134,7 @@ class WinTok(nn.Module):
 
     @property
     def semantic_shape(self) -> tuple[int, int]:
-        return (self.config.num_latent_tokens, self.config.hidden_size)
+        return (self.config.num_latent_tokens, self.config.semantic_width)
 
     @property
     def identity(self) -> str:
@@ -227,3 +227,7 @@ class WinTok(nn.Module):
             pooled = self.projection(self.fc_norm(queries)).float().mean(dim=1)
         return TrainOutput(recon=self.decode_codes(quant.codes, precision=precision),
                            pooled=pooled, quant=quant)
+
+    def forward(self, images: torch.Tensor, **kwargs) -> TrainOutput:
+        """The training forward (`forward_train`), so DDP and hooks wrap the usual call."""
+        return self.forward_train(images, **kwargs)

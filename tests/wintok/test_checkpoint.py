@@ -117,9 +117,9 @@ def test_shapes_disagreeing_with_args_are_named(official, tmp_path):
 def test_shape_mismatch_in_state_dict_is_named(official, tmp_path):
     _, sd, _ = official
     bad = dict(sd)
-    bad["projection.weight"] = torch.zeros(10, 192)
+    bad["fc_norm.weight"] = torch.zeros(10)
     p = write_official_pth(tmp_path / "bad.pth", bad)
-    with pytest.raises(CheckpointError, match=r"projection.weight: checkpoint \(10, 192\) vs config \(192, 192\)"):
+    with pytest.raises(CheckpointError, match=r"fc_norm.weight: checkpoint \(10,\) vs config \(192,\)"):
         load_checkpoint(p, encoder_config=3)
 
 

@@ -102,3 +102,32 @@ def test_resume_after_kill_gives_the_same_next_losses(teacher_store, tmp_path):
     for r in log(tmp_path / "killed"):  # steps logged after the kill were redone: keep the last
         got[r["step"]] = r["loss"]
     assert got == want  # every step's loss identical to the uninterrupted run, bit for bit
+
+
+DDP_RUNNER = """
+import os, sys, torch
+torch.set_num_threads(1)
+from pipelines.train import TrainConfig, train
+if __name__ == "__main__":
+    cfg = TrainConfig(steps=3, batch_size=2, warmup_steps=1, log_every=1, ckpt_every=3)
+    res = train(sys.argv[1], sys.argv[2], sys.argv[3], cfg, progress=False)
+    print("RANK", os.environ["RANK"], res.steps_done, bool(res.checkpoint), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_on_cpu(teacher_store, tmp_path):
+    """Two ranks (gloo on CPU) train together; rank 0 alone writes the log and checkpoint."""
+    store, stage = teacher_store
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_RUNNER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", "29533", str(script),
+                          str(store), stage, str(tmp_path / "ddp")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    ranks = sorted(line for line in out.stdout.splitlines() if line.startswith("RANK"))
+    assert ranks == ["RANK 0 3 True", "RANK 1 3 False"]
+    assert [r["step"] for r in log(tmp_path / "ddp")] == [1, 2, 3]
+    assert load_tokenizer(tmp_path / "ddp" / "model").config.semantic_width == 1280

@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +61,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise ValueError(f"unknown training options {bad}; known: {sorted(known)}")
-        d = dict(d)
+        from wintok.config import only_known_fields
+
+        d = only_known_fields(cls, d, "training options")
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)

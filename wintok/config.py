@@ -85,11 +85,16 @@ class WinTokConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "WinTokConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown WinTokConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return cls(**only_known_fields(cls, d, "WinTokConfig fields"))
+
+
+def only_known_fields(cls: type, d: dict[str, Any], what: str) -> dict[str, Any]:
+    """`d` unchanged if every key is a field of dataclass `cls`; else ValueError naming them."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")
+    return dict(d)
 
 
 PRESETS: dict[str, WinTokConfig] = {

@@ -23,9 +23,22 @@ def cli() -> None:
     """WinTok: turn image corpora into training data for visual tokenizers.
 
     \b
-    Single images:   wintok encode IMG -c CKPT -o tokens.json
-                     wintok decode tokens.json -c CKPT -o image.png
-    Try it:          wintok demo
+    Try it (offline, ~1-2 min):  wintok demo
+    The whole job:               wintok run urls.parquet --store ./store --tokenizer CKPT
+    See the plan first:          wintok run urls.parquet --store ./store --dry-run
+    One stage at a time:         wintok ingest | featurize | publish
+    Look at a store:             wintok status STORE | verify STORE | report STORE
+    Redo failed downloads:       wintok retry-failed STORE
+    Single images:               wintok encode IMG -c CKPT -o tokens.json
+                                 wintok decode tokens.json -c CKPT -o image.png
+
+    \b
+    Exit codes: 0 success, 1 failure, 2 usage error, 3 partial success (some
+    samples failed; everything else is done).
+    Settings: command-line options > --config FILE (YAML/TOML, see
+    configs/example.yaml) > defaults. Set PREFECT_API_URL to record runs on a
+    Prefect server and --ray-address to use a Ray cluster; by default both run
+    embedded and stop with the command.
     """
 
 
@@ -46,17 +59,21 @@ def cli() -> None:
 @click.option("--encoder-config", type=click.Path(exists=True, path_type=Path), default=None,
               help="Local SigLIP config (dir or config.json) for official checkpoints whose "
                    "encoder shape is not a released one.")
+@click.option("--image-size", type=int, default=None,
+              help="Input size for an official WeTok checkpoint (conv nets take any size; "
+                   "default: its config's, else 256).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
               show_default=True, help="Network precision (the quantizer is always float32).")
 def encode(image: Path, checkpoint: Path, output: Path, resize: str, semantic: bool,
-           semantic_dtype: str, encoder_config: Path | None, device: str, precision: str) -> None:
+           semantic_dtype: str, encoder_config: Path | None, image_size: int | None, device: str,
+           precision: str) -> None:
     """Encode IMAGE into a token file."""
     from wintok.errors import WinTokError
     from wintok.tokenfile import TokenFile
 
     try:
-        tok = _load(checkpoint, encoder_config)
+        tok = _load(checkpoint, encoder_config, image_size)
         pre = _preprocess_for(tok, resize)
         from wintok.preprocess import load_for_tokenizer
 
@@ -84,10 +101,13 @@ def encode(image: Path, checkpoint: Path, output: Path, resize: str, semantic: b
               help="Image to write (PNG or JPEG by extension).")
 @click.option("--force", is_flag=True, help="Decode even if the file was made by another checkpoint.")
 @click.option("--encoder-config", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--image-size", type=int, default=None,
+              help="Input size for an official WeTok checkpoint (conv nets take any size; "
+                   "default: its config's, else 256).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 def decode(tokens: Path, checkpoint: Path, output: Path, force: bool,
-           encoder_config: Path | None, device: str, precision: str) -> None:
+           encoder_config: Path | None, image_size: int | None, device: str, precision: str) -> None:
     """Decode a token file back into an image."""
     import torch
     from PIL import Image
@@ -98,7 +118,7 @@ def decode(tokens: Path, checkpoint: Path, output: Path, force: bool,
 
     try:
         tf = read_token_file(tokens)
-        tok = _load(checkpoint, encoder_config)
+        tok = _load(checkpoint, encoder_config, image_size)
         if tf.layout != tok.layout:
             raise _fail(f"{tokens} has layout {tf.layout.to_dict()} but {checkpoint} produces "
                         f"{tok.layout.to_dict()}; use the checkpoint that made it")
@@ -117,10 +137,12 @@ def decode(tokens: Path, checkpoint: Path, output: Path, force: bool,
     click.echo(f"{tokens} -> {output} ({img.shape[1]}x{img.shape[0]})")
 
 
-def _load(checkpoint: Path, encoder_config: Path | None):
+def _load(checkpoint: Path, encoder_config: Path | None, image_size: int | None = None):
     from wintok.tokenizer import load_tokenizer
 
     kwargs = {"encoder_config": encoder_config} if encoder_config else {}
+    if image_size:
+        kwargs["image_size"] = image_size
     return load_tokenizer(checkpoint, **kwargs).eval()
 
 
@@ -130,14 +152,11 @@ def _preprocess_for(tok, resize: str):
     return Preprocess(size=tok.image_size, resize=resize)
 
 
-@cli.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"),
-              show_default=True, help="Where the demo writes its files.")
-def demo(out: Path) -> None:
-    """Encode and decode a bundled photo with a tokenizer (runs offline, on CPU)."""
-    from flows.demo import run_single_image_demo
+from flows import commands  # noqa: E402,F401  (registers run, ingest, featurize, ...)
+from flows.train_cli import evaluate, train  # noqa: E402
 
-    run_single_image_demo(out)
+cli.add_command(train)
+cli.add_command(evaluate)
 
 
 def main() -> None:

@@ -23,6 +23,11 @@ from pipelines.store import Store, new_run_id, open_store
 log = logging.getLogger(__name__)
 
 
+# Why a shard failed: its worker process died every attempt (retryable later), no worker could
+# be placed (cluster too small), or the shard itself raised (e.g. a truncated tar: fix the input).
+FAILURE_KINDS = ("worker_died", "no_worker", "error")
+
+
 @dataclass
 class FeaturizeSummary:
     run_id: str
@@ -31,6 +36,7 @@ class FeaturizeSummary:
     shards_done: int = 0
     shards_skipped: int = 0  # already committed before this run
     shards_failed: dict[int, str] = field(default_factory=dict)  # shard -> error
+    failure_kinds: dict[int, str] = field(default_factory=dict)  # shard -> FAILURE_KINDS entry
     samples: int = 0
     featurized: int = 0
     decode_failed: int = 0
@@ -89,6 +95,20 @@ def _ensure_ray(address: str | None, num_cpus: int | None, num_gpus: int | None)
     return True
 
 
+def plan_featurize(spec: FeaturizeSpec) -> list:
+    """The output stages a spec writes (`pipelines.featurize.Output`), named by model identity:
+    loads the models on CPU once to learn their identities."""
+    from wintok.preprocess import Preprocess
+    from wintok.teachers import build_teacher
+    from wintok.tokenizer import load_tokenizer
+
+    kw = {"image_size": spec.image_size} if spec.image_size else {}
+    tok = load_tokenizer(spec.tokenizer, **kw) if spec.tokenizer else None
+    teachers = {t: build_teacher(t) for t in spec.teachers}
+    pre = Preprocess(size=tok.image_size if tok else spec.image_size or 256, resize=spec.resize)
+    return plan_outputs(spec, tok, teachers, pre)
+
+
 def featurize(store_root: str, spec: FeaturizeSpec, *, ray_address: str | None = None,
               num_workers: int | None = None, threads_per_worker: int | None = None,
               max_retries: int = 2, shards: list[int] | None = None, progress: bool = True,
@@ -102,11 +122,6 @@ def featurize(store_root: str, spec: FeaturizeSpec, *, ray_address: str | None =
     Returns a summary; failed shards are listed with their error.
     """
     import ray
-    from tqdm import tqdm
-
-    from wintok.preprocess import Preprocess
-    from wintok.teachers import build_teacher
-    from wintok.tokenizer import load_tokenizer
 
     if max_retries < 0:
         raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -123,13 +138,7 @@ def featurize(store_root: str, spec: FeaturizeSpec, *, ray_address: str | None =
     if missing:
         raise ValueError(f"shards {missing[:10]} have no committed images in {store_root}")
 
-    # Plan outputs on the driver (cheap: identities only need the weights on CPU).
-    kw = {"image_size": spec.image_size} if spec.image_size else {}
-    tok = load_tokenizer(spec.tokenizer, **kw) if spec.tokenizer else None
-    teachers = {t: build_teacher(t) for t in spec.teachers}
-    pre = Preprocess(size=tok.image_size if tok else spec.image_size or 256, resize=spec.resize)
-    outputs = plan_outputs(spec, tok, teachers, pre)
-    del tok, teachers
+    outputs = plan_featurize(spec)
     run_id = new_run_id()
     summary = FeaturizeSummary(run_id=run_id, outputs={o.stage: o.description for o in outputs})
     t0 = time.perf_counter()
@@ -142,14 +151,14 @@ def featurize(store_root: str, spec: FeaturizeSpec, *, ray_address: str | None =
         todo = [s for s in wanted if not all(s in committed[o.stage] for o in outputs)]
         summary.shards_total = len(wanted)
         summary.shards_skipped = len(wanted) - len(todo)
-        started = _ensure_ray(ray_address, None, None)
-        try:
-            if todo:
+        if todo:
+            started = _ensure_ray(ray_address, None, None)
+            try:
                 _run_pool(store, spec, todo, capacity, num_shards, summary, num_workers,
                           threads_per_worker, max_retries, progress, on_dispatch)
-        finally:
-            if started:
-                ray.shutdown()
+            finally:
+                if started:
+                    ray.shutdown()
         summary.seconds = time.perf_counter() - t0
         result = {"shards_done": summary.shards_done, "shards_failed": summary.shards_failed,
                   "featurized": summary.featurized, "decode_failed": summary.decode_failed,
@@ -208,6 +217,7 @@ def _run_pool(store: Store, spec: FeaturizeSpec, todo: list[int], capacity: int,
                 oldest = min(t for _, _, t in starting.values())
                 if time.monotonic() - oldest > startup_timeout:
                     for shard, _ in queue:
+                        summary.failure_kinds[shard] = "no_worker"
                         summary.shards_failed[shard] = (
                             f"no featurize worker could start within {startup_timeout:.0f}s "
                             f"(not enough {'GPUs' if gpus else 'CPUs'} left in the cluster?)")
@@ -226,6 +236,9 @@ def _run_pool(store: Store, spec: FeaturizeSpec, todo: list[int], capacity: int,
                     raise RuntimeError(f"featurize worker {name} could not start: "
                                        f"{_cause(e)}") from None
                 except RayError as e:
+                    if getattr(e, "actor_init_failed", False):  # its __init__ raised: config error
+                        raise RuntimeError(f"featurize worker {name} could not start: "
+                                           f"{_cause(e)}") from None
                     log.warning("worker %s died while starting (%s); starting another",
                                 name, type(e).__name__)
                     if queue:
@@ -237,6 +250,7 @@ def _run_pool(store: Store, spec: FeaturizeSpec, todo: list[int], capacity: int,
             except RayTaskError as e:
                 # A Python error inside the shard (e.g. a truncated tar): retrying won't fix it.
                 summary.shards_failed[shard] = _cause(e)
+                summary.failure_kinds[shard] = "error"
                 idle.append((name, actor))
                 bar.update(1)
                 continue
@@ -250,6 +264,7 @@ def _run_pool(store: Store, spec: FeaturizeSpec, todo: list[int], capacity: int,
                     queue.append((shard, attempt + 1))
                 else:
                     summary.shards_failed[shard] = reason + f", {attempt + 1} attempts"
+                    summary.failure_kinds[shard] = "worker_died"
                     bar.update(1)
                 continue
             idle.append((name, actor))

@@ -1,7 +1,7 @@
 """`verify`: re-read a store and check it against what was recorded at commit time.
 
-Checks, per stage: every committed file exists with its recorded size and sha256 (a flipped
-byte anywhere is caught); Parquet files carry the schema their stage writes and as many rows
+Checks, per stage (images, tokens, features, published): every committed file exists with its
+recorded size and sha256 (a flipped byte anywhere is caught); featurize outputs' Parquet files carry the schema their stage writes and as many rows
 as the commit recorded; featurize outputs have one row per decodable stored image.
 """
 from __future__ import annotations
@@ -25,10 +25,10 @@ class StoreReport:
         return not self.problems
 
 
-def output_stages(store) -> list[str]:
-    """Featurize output stages present in a store: tokens/<lineage>, features/<lineage>."""
+def output_stages(store, kinds: tuple[str, ...] = ("tokens", "features")) -> list[str]:
+    """Output stages present in a store, e.g. tokens/<lineage>, features/<lineage>."""
     found = []
-    for kind in ("tokens", "features"):
+    for kind in kinds:
         base = join(store.path, kind)
         if store.fs.isdir(base):
             found += [f"{kind}/{p.rstrip('/').rsplit('/', 1)[-1]}"
@@ -41,12 +41,12 @@ def verify_store(store_root: str, *, storage_options: dict | None = None) -> Sto
     store = open_store(store_root, storage_options=storage_options)
     report = StoreReport()
     images = store.commits(IMAGES_STAGE)
-    for stage in [IMAGES_STAGE] + output_stages(store):
+    for stage in [IMAGES_STAGE] + output_stages(store, ("tokens", "features", "published")):
         r = store.verify(stage)
         report.stages[stage] = {"shards": r.shards_checked, "files": r.files_checked}
         report.problems += [f"{stage} shard {s} {f}: {why}" for s, f, why in r.mismatches]
-        if stage == IMAGES_STAGE:
-            continue
+        if not stage.startswith(("tokens/", "features/")):
+            continue  # images and published shards: checksums and sizes only
         bad_files = {(s, f) for s, f, _ in r.mismatches}
         for shard, rec in store.commits(stage).items():
             if shard not in images:

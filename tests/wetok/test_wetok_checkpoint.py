@@ -182,3 +182,26 @@ def test_load_tokenizer_recognises_each_family_from_files(ckpt, ema_model, tmp_p
     torch.manual_seed(0)
     save_any(WinTok(wintok_preset("tiny")), tmp_path / "ours-wintok")
     assert load_tokenizer(tmp_path / "ours-wintok").family == "wintok"
+
+
+def test_cli_encode_decode_with_an_official_wetok_checkpoint(ckpt, ema_model, tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from flows.cli import cli
+    from wintok.tokenfile import read_token_file
+
+    torch.save(ckpt, tmp_path / "wetok.ckpt")
+    Image.fromarray((np.random.default_rng(0).random((40, 30, 3)) * 255).astype("uint8")).save(tmp_path / "x.png")
+    run = CliRunner().invoke
+    r = run(cli, ["encode", str(tmp_path / "x.png"), "-c", str(tmp_path / "wetok.ckpt"),
+                  "--image-size", "16", "-o", str(tmp_path / "t.json")])
+    assert r.exit_code == 0, r.output
+    tf = read_token_file(tmp_path / "t.json")
+    assert tf.layout == ema_model.layout and tf.identity == ema_model.identity
+    assert tf.layout.bits_per_id == 8 and tf.semantic is None
+    r = run(cli, ["decode", str(tmp_path / "t.json"), "-c", str(tmp_path / "wetok.ckpt"),
+                  "--image-size", "16", "-o", str(tmp_path / "r.png")])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "r.png").size == (16, 16)

@@ -1,0 +1,98 @@
+"""`wintok train` and `wintok eval`: train a tokenizer from a store, measure reconstructions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _fail(msg: str) -> click.exceptions.Exit:
+    click.secho(f"error: {msg}", fg="red", err=True)
+    return click.exceptions.Exit(1)
+
+
+@click.command()
+@click.argument("store")
+@click.option("--teacher-store", required=True,
+              help="Teacher features of STORE to distil from: features/<name> or just <name> "
+                   "(see `wintok status STORE`).")
+@click.option("--config", "preset", default="small-64", show_default=True,
+              help="WinTok preset to train (wintok.config.PRESETS); its semantic width must "
+                   "equal the teacher's embedding width.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory: train_state.pt (resumable), train_log.jsonl, model/ at the end.")
+@click.option("--steps", type=int, default=3000, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Per rank.")
+@click.option("--lr", type=float, default=4e-4, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--ckpt-every", type=int, default=250, show_default=True)
+@click.option("--options", default=None,
+              help='More TrainConfig fields as JSON, e.g. \'{"le": 0.05, "warmup_steps": 50}\'.')
+@click.option("--threads", type=int, default=None,
+              help="torch CPU threads (1 avoids oversubscription on small shared machines).")
+def train(store: str, teacher_store: str, preset: str, out: Path, steps: int, batch_size: int,
+          lr: float, precision: str, ckpt_every: int, options: str | None, threads: int | None) -> None:
+    """Train a WinTok on STORE's images with its stored teacher targets (resumes from --out).
+
+    \b
+    Multi-GPU:  torchrun --nproc_per_node 8 -m flows.cli train STORE --teacher-store ... --out ...
+    """
+    import torch
+
+    from pipelines.train import TrainConfig
+    from pipelines.train import train as run_train
+
+    if threads:
+        torch.set_num_threads(threads)
+    stage = teacher_store if teacher_store.startswith("features/") else f"features/{teacher_store}"
+    try:
+        extra = json.loads(options) if options else {}
+        cfg = TrainConfig.from_dict({"preset": preset, "steps": steps, "batch_size": batch_size,
+                                     "lr": lr, "precision": precision, "ckpt_every": ckpt_every,
+                                     **extra})
+        res = run_train(store, stage, out, cfg)
+    except (ValueError, FileNotFoundError, json.JSONDecodeError) as e:
+        raise _fail(str(e))
+    click.echo(f"steps {res.steps_done} (resumed from {res.resumed_from}) in {res.seconds:.0f}s; "
+               f"last loss {res.last.get('loss', float('nan')):.4f}, distill "
+               f"{res.last.get('distill', float('nan')):.4f}, codebook usage "
+               f"{res.last.get('usage_pct', float('nan')):.1f}%")
+    if res.checkpoint:
+        click.echo(f"checkpoint: {res.checkpoint}")
+
+
+@click.command(name="eval")
+@click.argument("source")
+@click.option("-c", "--checkpoint", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Tokenizer for an image folder (a store's tokens name their own).")
+@click.option("--tokens", default=None, help="Token store of SOURCE when it holds several.")
+@click.option("--limit", type=int, default=None, help="Evaluate at most this many images.")
+@click.option("--resize", type=click.Choice(["center-crop", "squash", "pad"]), default="center-crop",
+              show_default=True, help="Image folders only.")
+@click.option("-o", "--out", default=None, help="Per-image results (Parquet).")
+@click.option("--device", default="cpu", show_default=True)
+def evaluate(source: str, checkpoint: Path | None, tokens: str | None, limit: int | None,
+             resize: str, out: str | None, device: str) -> None:
+    """PSNR / SSIM of reconstructions: decode a store's tokens, or encode+decode an image
+    folder (ImageNet-val class folders, COCO val2017, any tree of images)."""
+    from pipelines.evaluate import evaluate_folder, evaluate_store
+
+    src = Path(source)
+    try:
+        if (src / "_manifest.json").exists():
+            s = evaluate_store(source, tokens, limit=limit, out=out, device=device)
+        else:
+            if checkpoint is None:
+                raise ValueError("an image folder needs --checkpoint")
+            s = evaluate_folder(src, checkpoint, resize=resize, limit=limit, out=out, device=device)
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(str(e))
+    click.echo(f"images {s.images}   PSNR {s.psnr:.2f} dB   SSIM {s.ssim:.4f}")
+    if s.codebook_usage_pct:
+        click.echo("codebook usage " + " ".join(f"{u:.1f}%" for u in s.codebook_usage_pct))
+    if s.failed:
+        click.echo(f"{len(s.failed)} images could not be read, e.g. {s.failed[0][0]}: {s.failed[0][1]}")
+    if s.per_image:
+        click.echo(f"per-image results: {s.per_image}")
+    click.echo("LPIPS / rFID: not implemented yet (need their metric networks; see README)")

@@ -1,0 +1,48 @@
+"""Fixtures for the flow tests: a Prefect test server, a local Ray, a served photo corpus."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.settings import configure_prefect_env
+
+configure_prefect_env()  # before anything imports prefect: no telemetry, quiet logs
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    """One Prefect test server per module (its start takes ~15 s); yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A 2-CPU Ray shared by the module's in-process runs (featurize reuses it)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(corpus dir, base URL) of a loopback server with the hostile routes (/_hostile/status/404)."""
+    from pipelines.loopback import serve_directory
+
+    d = tmp_path_factory.mktemp("corpus")
+    with serve_directory(d, hostile=True) as base:
+        yield d, base
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> Path:
+    """The demo tokenizer (tiny WinTok, seed 0)."""
+    from flows.demo import default_tokenizer_checkpoint
+
+    return default_tokenizer_checkpoint(tmp_path_factory.mktemp("tok"))

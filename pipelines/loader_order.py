@@ -146,7 +146,11 @@ class ResumableLoader:
                              f"{type(dataset).__name__}")
         self.dataset = dataset
         self.num_workers = check_nonneg_int("num_workers", num_workers)
-        self.kwargs = {"pin_memory": pin_memory, "multiprocessing_context": multiprocessing_context}
+        # forkserver by default: workers fork from a clean server process, not from a trainer
+        # that already runs threads (CUDA, Ray, Prefect), which forked children can inherit
+        # in a broken state (seen: workers exiting with code 1 after Prefect ran in-process).
+        ctx = multiprocessing_context or ("forkserver" if self.num_workers else None)
+        self.kwargs = {"pin_memory": pin_memory, "multiprocessing_context": ctx}
         if self.num_workers:
             self.kwargs["prefetch_factor"] = check_pos_int("prefetch_factor", prefetch_factor or 2)
         self.epoch, self.batch = dataset.epoch, dataset.start_batch

@@ -1,7 +1,6 @@
 """`wintok demo`: the whole pipeline, offline, on real photos served from a loopback server.
 
     <out>/corpus/       photos + urls.parquet (pipelines.democorpus)
-    <out>/tokenizer/    the demo tokenizer checkpoint (default_tokenizer_checkpoint)
     <out>/store/        the store: images/, features/, tokens/, published/
     <out>/report.html   the report (flows.report)
 """
@@ -16,36 +15,16 @@ import click
 DEMO_SHARD_SIZE = 16
 
 
-def default_tokenizer_checkpoint(workdir: Path) -> Path:
-    """The tokenizer checkpoint the demo uses, created under workdir/tokenizer when absent.
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "wintok" / "assets" / "small-64"
 
-    Today: the `tiny` WinTok preset, random-initialised from seed 0 (its reconstructions are
-    noise; the mechanics are what the demo shows). Swap this function's body for a trained
-    small checkpoint when one ships; nothing else in the demo needs to change.
-    """
-    from wintok.errors import CheckpointError
+
+def default_tokenizer_checkpoint() -> Path:
+    """The tokenizer the demo uses: the shipped small WinTok (wintok/assets/small-64, trained
+    by scripts/make_demo_checkpoint.py on photos the demo corpus is cut from)."""
     from wintok.tokenizer import load_tokenizer
 
-    ckpt = Path(workdir) / "tokenizer"
-    if (ckpt / "config.json").is_file():
-        try:
-            load_tokenizer(ckpt)
-            return ckpt
-        except CheckpointError as e:  # written by an older model version: make it again
-            click.echo(f"demo: rebuilding the demo tokenizer ({e})", err=True)
-    path, _ = demo_tokenizer(Path(workdir), name="tokenizer")
-    return Path(path)
-
-
-def demo_tokenizer(out: Path, name: str = "checkpoint"):
-    """The `tiny` preset random-initialised from seed 0, saved to out/<name>; (path, model)."""
-    import torch
-
-    from wintok import WinTok, preset, save_pretrained
-
-    torch.manual_seed(0)
-    model = WinTok(preset("tiny")).eval()
-    return save_pretrained(model, out / name), model
+    load_tokenizer(SHIPPED_CHECKPOINT)  # a missing or corrupt file fails here, naming itself
+    return SHIPPED_CHECKPOINT
 
 
 def _images_complete(store: Path, n_rows: int) -> bool:
@@ -88,7 +67,7 @@ def run_demo(out: Path, *, n_images: int = 48, fresh: bool = False, verbose: boo
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     (out / "corpus").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    ckpt = default_tokenizer_checkpoint(out)
+    ckpt = default_tokenizer_checkpoint()
     store = out / "store"
     settings = RunSettings().merged({
         "ingest": {"shard_size": DEMO_SHARD_SIZE, "allow_private_network": True, "threads": 8},
@@ -109,8 +88,8 @@ def run_demo(out: Path, *, n_images: int = 48, fresh: bool = False, verbose: boo
     write_report(str(store), report)
     click.echo("\n" + describe_store(store))
     click.echo(f"\nreport:    {report}")
-    click.echo(f"tokenizer: {ckpt} (tiny preset, random init: reconstructions are noise until a "
-               "trained checkpoint ships)")
+    click.echo(f"tokenizer: {ckpt} (the shipped small-64 WinTok: 64 px, 8x8x4 ids, trained "
+               "on CPU; see README)")
     click.echo(f"demo took {time.time() - t0:.0f}s; rerun reuses the store, --fresh starts clean")
     return exit_code(results)
 

@@ -51,10 +51,13 @@ def main() -> None:
     cfg = TrainConfig(preset="small-64", steps=a.steps, batch_size=16, ckpt_every=100)
     result = train(str(store), stage, work / "run", cfg)
     print(result)
+    from wintok import load_tokenizer, save_pretrained
+
     out = Path(a.out)
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(result.checkpoint, out)
+    # float16 weights: half the size; the identity is that of the rounded model
+    save_pretrained(load_tokenizer(result.checkpoint), out, dtype="float16")
     shutil.copy(work / "run" / "train_log.jsonl", out / "train_log.jsonl")
     print(f"checkpoint written to {out}")
 

@@ -17,11 +17,11 @@ def load_checkpoint(path, **kwargs) -> Tokenizer:
     return load_tokenizer(path, **kwargs)
 
 
-def save_pretrained(model, directory):
-    """Save a tokenizer as config.json + model.safetensors."""
+def save_pretrained(model, directory, **kwargs):
+    """Save a tokenizer as config.json + model.safetensors (see wintok.checkpoint)."""
     from wintok.checkpoint import save_pretrained as _save
 
-    return _save(model, directory)
+    return _save(model, directory, **kwargs)
 
 
 __all__ = ["PRESETS", "WinTokConfig", "preset", "WinTok", "Tokenizer", "TokenizerOutput",

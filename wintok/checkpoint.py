@@ -33,13 +33,30 @@ _IGNORABLE = re.compile(r"(^|\.)position_ids$")
 
 
 # --------------------------------------------------------------------------- our format
-def save_pretrained(model: torch.nn.Module, directory: str | Path) -> Path:
-    """Write `config.json` + `model.safetensors` (each to a temporary name, then renamed)."""
+def save_pretrained(model: torch.nn.Module, directory: str | Path, *,
+                    dtype: str = "float32") -> Path:
+    """Write `config.json` + `model.safetensors` (each to a temporary name, then renamed).
+
+    `dtype` float16/bfloat16 halves the file: the model's floating weights are first rounded
+    to that precision IN PLACE (they load back as the same float32 values, so the recorded
+    identity is the identity of the rounded model).
+    """
     from safetensors.torch import save_file
 
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype != "float32":
+        low = getattr(torch, dtype)
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                if t.is_floating_point():
+                    t.copy_(t.to(low).to(t.dtype))
+        if hasattr(model, "forget_identity"):
+            model.forget_identity()
+    state = {k: (v.to(getattr(torch, dtype)) if v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
     meta = {"family": model.family, "format_version": FORMAT_VERSION,
             "config": model.config.to_dict(), "identity": model.identity}
     tmp = directory / (WEIGHTS_NAME + ".tmp")

@@ -41,8 +41,8 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory) -> Path:
-    """The demo tokenizer (tiny WinTok, seed 0)."""
+def tokenizer() -> Path:
+    """The demo tokenizer (the shipped small WinTok)."""
     from flows.demo import default_tokenizer_checkpoint
 
-    return default_tokenizer_checkpoint(tmp_path_factory.mktemp("tok"))
+    return default_tokenizer_checkpoint()

@@ -21,16 +21,6 @@ def prefect_server():
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    """A 2-CPU Ray shared by the module's in-process runs (featurize reuses it)."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(corpus dir, base URL) of a loopback server with the hostile routes (/_hostile/status/404)."""
     from pipelines.loopback import serve_directory

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 import zarr
 
@@ -28,13 +27,6 @@ BATCH = 8
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("feat")
     return make_image_store(root, n_images=40, shard_size=16), make_tokenizer(root)
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

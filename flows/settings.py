@@ -46,6 +46,7 @@ class FeaturizeSettings:
     teachers: tuple[str, ...] = ("efficientnet-lite0",)  # teacher specs, see `wintok run --help`
     semantic_dtype: str = "float16"  # float16 | bfloat16 | int8
     teacher_patches: bool = False  # also store teacher patch embeddings
+    hflip: bool = False  # also store the pixel ids of the mirrored image (augmentation variant)
     batch_size: int = 32  # images per model call
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 on GPU)
     resize: str = "center-crop"  # only for stored images not already at the input size

@@ -123,7 +123,7 @@ def featurize_spec(s: FeaturizeSettings):
 
     return FeaturizeSpec(tokenizer=s.tokenizer, teachers=tuple(s.teachers),
                          semantic_dtype=s.semantic_dtype, teacher_patches=s.teacher_patches,
-                         batch_size=s.batch_size, precision=s.precision, resize=s.resize,
+                         hflip=s.hflip, batch_size=s.batch_size, precision=s.precision, resize=s.resize,
                          decode_threads=s.decode_threads)
 
 

@@ -52,6 +52,7 @@ class FeaturizeSpec:
     resize: str = "center-crop"  # used only for stored images not already at the input size
     decode_threads: int = 2  # decoding threads per worker
     image_size: int | None = None  # input size for size-agnostic (conv) tokenizers
+    hflip: bool = False  # also store the pixel ids of the horizontally flipped image
 
     def __post_init__(self) -> None:
         if self.tokenizer is None and not self.teachers:
@@ -186,6 +187,9 @@ class ShardFeaturizer:
                 d = {"pixel_ids": enc.ids.to(torch.int32).cpu().numpy().astype(np.uint16)}
                 if enc.semantic is not None:
                     d["semantic"] = enc.semantic.float().cpu().numpy()
+                if o.description.get("hflip"):  # same decoded tensor, mirrored
+                    flipped = self.tokenizer.encode(x.flip(-1), precision=self.precision)
+                    d["pixel_ids_hflip"] = flipped.ids.to(torch.int32).cpu().numpy().astype(np.uint16)
                 out[o.stage] = d
             else:
                 emb = self.teachers[o.model].embed(x, patches=self.spec.teacher_patches,
@@ -202,6 +206,8 @@ def plan_outputs(spec: FeaturizeSpec, tokenizer, teachers: dict, pre: Preprocess
     outputs = []
     if tokenizer is not None:
         recipe = {"preprocess": pre.to_dict(), "semantic_dtype": spec.semantic_dtype}
+        if spec.hflip:  # only when asked, so stores made without it keep their names
+            recipe["hflip"] = True
         desc = {"family": tokenizer.family, "identity": tokenizer.identity,
                 "checkpoint": spec.tokenizer, "layout": tokenizer.layout.to_dict(),
                 "semantic_shape": list(tokenizer.semantic_shape) if tokenizer.semantic_shape else None,
@@ -265,6 +271,11 @@ class _ShardWriter:
             ids = self._cat("pixel_ids", (streams, positions)).astype(np.uint16)
             cols["pixel_ids"] = _fixed(ids.reshape(n, streams * positions))
             zarr_rows["pixel_ids"] = ids
+            hflip = bool(o.description.get("hflip"))
+            if hflip:
+                flipped = self._cat("pixel_ids_hflip", (streams, positions)).astype(np.uint16)
+                cols["pixel_ids_hflip"] = _fixed(flipped.reshape(n, streams * positions))
+                zarr_rows["pixel_ids_hflip"] = flipped
             sem_shape = o.description["semantic_shape"]
             if sem_shape:
                 sem = self._cat("semantic", tuple(sem_shape))
@@ -279,7 +290,7 @@ class _ShardWriter:
                     cols["semantic"] = _fixed(bits.reshape(n, int(np.prod(sem_shape))))
                     zarr_rows["semantic"] = bits
             spec = token_rows_schema(streams, positions, tuple(sem_shape) if sem_shape else None,
-                                     o.description["semantic_dtype"])
+                                     o.description["semantic_dtype"], hflip=hflip)
         else:
             dim = o.description["dim"]
             pooled = self._cat("pooled", (dim,)).astype(np.float32)
@@ -368,7 +379,8 @@ def create_output_arrays(store: Store, out: Output, *, num_shards: int, capacity
     if out.kind == "tokens":
         layout = token_layout(d["layout"]["num_streams"], _positions(out),
                               tuple(d["semantic_shape"]) if d["semantic_shape"] else None,
-                              d["semantic_dtype"], num_shards=num_shards, capacity=capacity)
+                              d["semantic_dtype"], num_shards=num_shards, capacity=capacity,
+                              hflip=bool(d.get("hflip")))
     else:
         patch = (d["patch_tokens"], d["patch_dim"]) if d.get("patch_dim") else None
         layout = teacher_features_layout(d["dim"], num_shards=num_shards, capacity=capacity,

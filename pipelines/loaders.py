@@ -55,7 +55,7 @@ class ZarrTokenDataset(BatchStream):
                  shuffle: bool = True, drop_last: bool = False, rank: int | None = None,
                  world_size: int | None = None, layout: str = "streams", captions: bool = True,
                  cache: str = "memmap", cache_dir: str | None = None, ids_dtype: str = "int64",
-                 storage_options: dict | None = None) -> None:
+                 augment: tuple[str, ...] = (), storage_options: dict | None = None) -> None:
         super().__init__(batch_size=batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last,
                          rank=rank, world_size=world_size)
         if cache not in CACHE_MODES:
@@ -68,6 +68,13 @@ class ZarrTokenDataset(BatchStream):
         self.token_layout = token_layout_of(store, self.stage)
         self.zarr_url = _zarr_url(store, self.stage)
         group = open_zarr(self.zarr_url, "tokens")
+        self.augment = tuple(augment)
+        if set(self.augment) - {"hflip"}:
+            raise ValueError(f"augment {self.augment!r}: the only stored variant is 'hflip'")
+        if self.augment and "pixel_ids_hflip" not in group:
+            raise ValueError(f"{self.stage} has no stored hflip variant: featurize with "
+                             f"hflip=True (--hflip) to store it; variants are never guessed at "
+                             f"load time")
         self.capacity = int(group.attrs["capacity"])
         commits = store.commits(self.stage)
         valid = np.asarray(group["valid"][:], dtype=bool)
@@ -84,7 +91,7 @@ class ZarrTokenDataset(BatchStream):
         self.cache_path = None
         if cache == "memmap":
             base = cache_dir or join(tempfile.gettempdir(), "wintok-loader-cache")
-            name = self.stage.replace("/", "_") + f"-{digest}.u16"
+            name = self.stage.replace("/", "_") + f"-{digest}{'-hflip' if self.augment else ''}.u16"
             self.cache_path = join(base, name)
             if not os.path.exists(self.cache_path):  # built once, by the process that creates us
                 self._build_memmap()
@@ -104,19 +111,22 @@ class ZarrTokenDataset(BatchStream):
     def _read_dense(self) -> Iterator[tuple[int, np.ndarray]]:
         """(dense start, ids) per committed shard: one whole Zarr chunk read per shard."""
         group = open_zarr(self.zarr_url, "tokens")
-        arr = group["pixel_ids"]
+        arrays = [group["pixel_ids"]] + ([group["pixel_ids_hflip"]] if self.augment else [])
         shard_of = self.rows // self.capacity
         bounds = np.flatnonzero(np.diff(shard_of, prepend=-1, append=-1))
         for a, b in zip(bounds[:-1], bounds[1:]):
             s = int(shard_of[a])
-            chunk = arr[s * self.capacity:(s + 1) * self.capacity]
-            yield int(a), chunk[self.rows[a:b] - s * self.capacity]
+            sel = self.rows[a:b] - s * self.capacity
+            parts = [arr[s * self.capacity:(s + 1) * self.capacity][sel] for arr in arrays]
+            # with augment: (n, 2, streams, positions), variant 1 = mirrored image
+            yield int(a), np.stack(parts, axis=1) if self.augment else parts[0]
 
     def _build_memmap(self) -> None:
         S, P = self.token_layout.ids_shape
         os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
         tmp = f"{self.cache_path}.tmp-{os.getpid()}"
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=(max(len(self.rows), 1), S, P))
+        shape = (max(len(self.rows), 1),) + ((2,) if self.augment else ()) + (S, P)
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=shape)
         for start, ids in self._read_dense():
             mm[start:start + len(ids)] = ids
         mm.flush()
@@ -129,7 +139,7 @@ class ZarrTokenDataset(BatchStream):
                 self._data = np.load(self.cache_path, mmap_mode="r")
             else:
                 S, P = self.token_layout.ids_shape
-                data = np.empty((len(self.rows), S, P), np.uint16)
+                data = np.empty((len(self.rows),) + ((2,) if self.augment else ()) + (S, P), np.uint16)
                 for start, ids in self._read_dense():
                     data[start:start + len(ids)] = ids
                 self._data = data
@@ -147,12 +157,19 @@ class ZarrTokenDataset(BatchStream):
         self._plan_cache = (epoch, plan)
         return plan
 
+    def _flips(self, epoch: int) -> np.ndarray:
+        """Per dense sample, whether this epoch serves its mirrored variant (any worker count)."""
+        return epoch_rng(self.order.seed, epoch, 7).random(len(self.rows)) < 0.5
+
     def _load(self, items: list[np.ndarray]) -> Iterator[dict]:
         data = self._dense()
         for idx in items:
             order = np.argsort(idx, kind="stable")
             ids = np.empty((len(idx),) + data.shape[1:], np.uint16)
             ids[order] = data[idx[order]]  # sorted gather: sequential pages of the memmap
+            if self.augment:  # one stored variant per sample, a coin from (seed, epoch, sample)
+                flip = self._flips(self.epoch)[idx]
+                ids = ids[np.arange(len(idx)), flip.astype(np.int64)]
             keys = self.keys[idx].tolist()
             yield _batch(ids, keys, self.captions, self.layout, self.ids_dtype)
 

@@ -59,6 +59,7 @@ def token_rows_schema(
     semantic_dtype: str,
     *,
     packed_bits: int | None = None,
+    hflip: bool = False,
 ) -> TableSpec:
     """Schema of tokenizer output: uint16 pixel ids (streams*positions) and semantic tokens.
 
@@ -82,6 +83,8 @@ def token_rows_schema(
         pa.field("index", pa.int32(), nullable=False),  # position in the shard = Zarr slot
         _dtype_field("pixel_ids", pa.uint16(), n_ids, "uint16"),
     ]
+    if hflip:  # ids of the horizontally mirrored image (an augmentation variant, stored explicitly)
+        fields.append(_dtype_field("pixel_ids_hflip", pa.uint16(), n_ids, "uint16"))
     if packed_bits is not None:
         fields.append(pa.field("pixel_ids_packed", pa.binary(packed_size(n_ids, packed_bits)),
                                nullable=False, metadata={b"wintok.bits": str(packed_bits).encode()}))

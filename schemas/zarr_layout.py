@@ -80,12 +80,14 @@ def teacher_features_layout(dim: int, *, num_shards: int, capacity: int,
 
 def token_layout(
     num_streams: int, positions: int, semantic_shape: tuple[int, ...] | None, semantic_dtype: str,
-    *, num_shards: int, capacity: int,
+    *, num_shards: int, capacity: int, hflip: bool = False,
 ) -> ZarrLayout:
     """Layout of tokens: pixel_ids (rows, streams, positions) uint16 + semantic (+ scale for int8)."""
     if semantic_dtype not in ("float16", "bfloat16", "int8"):
         raise ValueError(f"semantic_dtype {semantic_dtype!r} not accepted; use float16, bfloat16 or int8")
     arrays = _common(num_shards, capacity) + (ArraySpec("pixel_ids", (num_streams, positions), "uint16"),)
+    if hflip:  # ids of the horizontally mirrored image
+        arrays += (ArraySpec("pixel_ids_hflip", (num_streams, positions), "uint16"),)
     if semantic_shape is None:  # no continuous tokens (e.g. WeTok)
         return ZarrLayout("tokens", num_shards, capacity, arrays)
     arrays += (ArraySpec("semantic", tuple(semantic_shape), "int8" if semantic_dtype == "int8" else "uint16",

@@ -266,3 +266,39 @@ def test_featurize_runs_unchanged_with_a_wetok_checkpoint(base, local_ray, tmp_p
         assert np.array_equal(np.asarray(got.loc[key, "pixel_ids"]).reshape(ids[j].shape), ids[j])
     z = zarr.open_group(str(Path(s2, stage, "zarr")), mode="r")
     assert z["pixel_ids"].shape[1:] == wetok.layout.ids_shape and "semantic" not in z
+
+
+def test_hflip_variant_is_stored_and_served_deterministically(base, local_ray, tmp_path):
+    from pipelines.loaders import ResumableLoader, ZarrTokenDataset
+
+    images, ckpt = base
+    s2 = copy_store(images, tmp_path / "store")
+    res = featurize(str(s2), FeaturizeSpec(tokenizer=str(ckpt), teachers=(), batch_size=BATCH,
+                                           hflip=True), progress=False)
+    stage = next(iter(res.outputs))
+    assert res.outputs[stage]["hflip"] is True
+    model = load_tokenizer(ckpt)
+    rows = read_parquet_rows(s2, stage).to_pandas().set_index("key")
+    keys, pixels = shard_images(s2, 0)
+    x = to_tensor(list(pixels[:BATCH]))
+    plain, mirrored = model.encode(x).ids.numpy(), model.encode(x.flip(-1)).ids.numpy()
+    for j, key in enumerate(keys[:BATCH]):
+        assert np.array_equal(np.asarray(rows.loc[key, "pixel_ids"]).reshape(4, 256), plain[j])
+        assert np.array_equal(np.asarray(rows.loc[key, "pixel_ids_hflip"]).reshape(4, 256), mirrored[j])
+    # the loader serves one stored variant per sample, the same for any number of workers
+    want = {k: (plain[j], mirrored[j]) for j, k in enumerate(keys[:BATCH])}
+    runs = []
+    for workers in (0, 2):
+        ds = ZarrTokenDataset(str(s2), stage, batch_size=8, seed=5, augment=("hflip",),
+                              cache_dir=str(tmp_path / f"cache{workers}"), captions=False)
+        runs.append([(b["key"], b["ids"].numpy()) for b in ResumableLoader(ds, num_workers=workers)])
+    assert [k for k, _ in runs[0]] == [k for k, _ in runs[1]]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(runs[0], runs[1]))
+    served = {k: ids for keys_, batch in runs[0] for k, ids in zip(keys_, batch)}
+    variants = [next(v for v in (0, 1) if np.array_equal(served[k], want[k][v])) for k in want]
+    assert 0 < sum(variants) < len(variants)  # both variants occur
+    plain_stage = next(iter(featurize(str(s2), FeaturizeSpec(tokenizer=str(ckpt), teachers=(),
+                                                             batch_size=BATCH), progress=False).outputs))
+    assert plain_stage != stage  # hflip is part of the recipe: its own lineage
+    with pytest.raises(ValueError, match="no stored hflip variant"):
+        ZarrTokenDataset(str(s2), plain_stage, augment=("hflip",), cache_dir=str(tmp_path / "c"))

@@ -22,11 +22,9 @@ Our format (a directory, written by `save_pretrained`, read by `load_pretrained`
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,9 +36,8 @@ from wintok.wetok.model import WeTok
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+from wintok.checkpoint import CONFIG_NAME as CONFIG_FILE  # noqa: E402  (one format, one name)
+from wintok.checkpoint import WEIGHTS_NAME as WEIGHTS_FILE  # noqa: E402
 
 # Official state-dict keys that are not part of the tokenizer and are legitimately dropped.
 IGNORED_PREFIXES = (
@@ -267,47 +264,22 @@ def load_wetok_official(obj: dict, *, source: str, config: str | os.PathLike | W
 
 
 # ---------------------------------------------------------------------- our format
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save_pretrained(model: WeTok, directory: str | os.PathLike, **kwargs) -> Path:
+    """Our format, shared with WinTok (`wintok.checkpoint.save_pretrained`): weights, then
+    config.json, each through a temp file + rename. Returns the directory."""
+    from wintok.checkpoint import save_pretrained as save_any
 
-
-def save_pretrained(model: WeTok, directory: str | os.PathLike) -> Path:
-    """Write `model.safetensors`, then `config.json` (last, so its presence marks a complete
-    save), each through a temp file + rename. Returns the directory."""
-    from safetensors.torch import save_file
-
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(d / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    meta = {"family": "wetok", "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
-            "identity": model.identity}
-    _atomic_write(d / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
-    return d
+    return save_any(model, directory, **kwargs)
 
 
 def read_config_json(directory: str | os.PathLike) -> WeTokConfig:
-    """Parse and validate `config.json` of our format."""
+    """Parse and validate `config.json` of our format (shared reader), for the WeTok family."""
+    from wintok.checkpoint import read_config_json as read_meta
+
     path = Path(directory) / CONFIG_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing (not a saved WeTok, or the save did not finish)") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(meta, dict) or meta.get("family") != "wetok":
-        fam = meta.get("family") if isinstance(meta, dict) else None
-        raise CheckpointError(f"{path}: family is {fam!r}, expected 'wetok'")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not "
-                              f"supported (this code reads {FORMAT_VERSION})")
+    meta = read_meta(Path(directory))
+    if meta.get("family") != "wetok":
+        raise CheckpointError(f"{path}: family is {meta.get('family')!r}, expected 'wetok'")
     try:
         return WeTokConfig.from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as e:

@@ -71,28 +71,39 @@ def train(store: str, teacher_store: str, preset: str, out: Path, steps: int, ba
 @click.option("--resize", type=click.Choice(["center-crop", "squash", "pad"]), default="center-crop",
               show_default=True, help="Image folders only.")
 @click.option("-o", "--out", default=None, help="Per-image results (Parquet).")
+@click.option("--lpips-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="LPIPS: lpips_with_vgg.pth (official WinTok layout) or torchvision's VGG16 .pth.")
+@click.option("--lpips-lin", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="LPIPS linear weights (the lpips package's vgg.pth) to go with a torchvision VGG16.")
 @click.option("--device", default="cpu", show_default=True)
 def evaluate(source: str, checkpoint: Path | None, tokens: str | None, limit: int | None,
-             resize: str, out: str | None, device: str) -> None:
+             resize: str, out: str | None, lpips_weights: str | None, lpips_lin: str | None,
+             device: str) -> None:
     """PSNR / SSIM of reconstructions: decode a store's tokens, or encode+decode an image
     folder (ImageNet-val class folders, COCO val2017, any tree of images)."""
     from pipelines.evaluate import evaluate_folder, evaluate_store
+    from pipelines.lpips import load_lpips
+    from wintok.errors import WinTokError
 
     src = Path(source)
     try:
+        lp = load_lpips(lpips_weights, lpips_lin) if lpips_weights else None
         if (src / "_manifest.json").exists():
-            s = evaluate_store(source, tokens, limit=limit, out=out, device=device)
+            s = evaluate_store(source, tokens, limit=limit, out=out, device=device, lpips=lp)
         else:
             if checkpoint is None:
                 raise ValueError("an image folder needs --checkpoint")
-            s = evaluate_folder(src, checkpoint, resize=resize, limit=limit, out=out, device=device)
-    except (ValueError, FileNotFoundError) as e:
+            s = evaluate_folder(src, checkpoint, resize=resize, limit=limit, out=out,
+                                device=device, lpips=lp)
+    except (ValueError, FileNotFoundError, WinTokError) as e:
         raise _fail(str(e))
-    click.echo(f"images {s.images}   PSNR {s.psnr:.2f} dB   SSIM {s.ssim:.4f}")
+    extra = f"   LPIPS {s.lpips:.4f}" if s.lpips is not None else ""
+    click.echo(f"images {s.images}   PSNR {s.psnr:.2f} dB   SSIM {s.ssim:.4f}{extra}")
     if s.codebook_usage_pct:
         click.echo("codebook usage " + " ".join(f"{u:.1f}%" for u in s.codebook_usage_pct))
     if s.failed:
         click.echo(f"{len(s.failed)} images could not be read, e.g. {s.failed[0][0]}: {s.failed[0][1]}")
     if s.per_image:
         click.echo(f"per-image results: {s.per_image}")
-    click.echo("LPIPS / rFID: not implemented yet (need their metric networks; see README)")
+    if s.lpips is None:
+        click.echo("LPIPS: pass --lpips-weights (weights on disk); rFID: not implemented yet")

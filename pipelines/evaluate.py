@@ -3,9 +3,9 @@
 Store: decode the stored pixel ids and compare with the stored images (preprocessed as
 featurize did). Folder (ImageNet-val class folders, COCO val2017 flat, or any tree of images):
 encode then decode each image. PSNR and SSIM always (scikit-image's implementations: SSIM with
-an 11x11 Gaussian window, sigma 1.5, on all three channels, data range 255). LPIPS and rFID need
-their metric networks' weights and are not implemented yet (see README). Per-image results go
-to Parquet; the summary is returned and printed by the CLI.
+an 11x11 Gaussian window, sigma 1.5, on all three channels, data range 255); LPIPS when given
+an `pipelines.lpips.LPIPS` built from weights on disk. rFID is not implemented yet (README).
+Per-image results go to Parquet; the summary is returned and printed by the CLI.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class EvalSummary:
     images: int = 0
     psnr: float = float("nan")  # mean over images, dB
     ssim: float = float("nan")  # mean over images
+    lpips: float | None = None  # mean over images, when LPIPS weights were given
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     codebook_usage_pct: list[float] = field(default_factory=list)  # per stream, % of ids used
     per_image: str | None = None  # Parquet path of per-image results
@@ -47,6 +48,8 @@ def _finish(rows: list[dict], ids_seen: list[np.ndarray], layout, failed, out: s
     if rows:
         s.psnr = float(np.mean([r["psnr"] for r in rows]))
         s.ssim = float(np.mean([r["ssim"] for r in rows]))
+        if "lpips" in rows[0]:
+            s.lpips = float(np.mean([r["lpips"] for r in rows]))
     if ids_seen:
         ids = np.concatenate(ids_seen)  # (N, streams, positions)
         s.codebook_usage_pct = [100.0 * len(np.unique(ids[:, k])) / layout.vocab_per_stream
@@ -69,9 +72,26 @@ def _batched(it, n: int) -> Iterator[list]:
         yield chunk
 
 
+def _lpips_values(lpips, orig: np.ndarray, rec: np.ndarray, device: str) -> list[float | None]:
+    """Per-image LPIPS of uint8 (B,H,W,3) pairs, or Nones without an LPIPS network."""
+    if lpips is None:
+        return [None] * len(orig)
+    from wintok.preprocess import to_tensor
+
+    return lpips.to(device)(to_tensor(list(orig)).to(device), to_tensor(list(rec)).to(device)).tolist()
+
+
+def _row(base: dict, o: np.ndarray, r: np.ndarray, lp: float | None) -> dict:
+    p_, s_ = image_metrics(o, r)
+    row = {**base, "psnr": p_, "ssim": s_}
+    if lp is not None:
+        row["lpips"] = float(lp)
+    return row
+
+
 def evaluate_folder(folder: str | Path, checkpoint: str | Path, *, resize: str = "center-crop",
                     batch_size: int = 16, limit: int | None = None, out: str | None = None,
-                    device: str = "cpu", progress: bool = True) -> EvalSummary:
+                    device: str = "cpu", progress: bool = True, lpips=None) -> EvalSummary:
     """Encode then decode every image under `folder` (recursively, sorted) and measure."""
     from tqdm import tqdm
 
@@ -105,9 +125,8 @@ def evaluate_folder(folder: str | Path, checkpoint: str | Path, *, resize: str =
             rec = to_uint8(tok.decode(ids))
             orig = to_uint8(x)
             ids_seen.append(ids.cpu().numpy())
-            for name, o, r in zip(names, orig, rec):
-                p_, s_ = image_metrics(o, r)
-                rows.append({"image": name, "psnr": p_, "ssim": s_})
+            for name, o, r, lp in zip(names, orig, rec, _lpips_values(lpips, orig, rec, device)):
+                rows.append(_row({"image": name}, o, r, lp))
         bar.update(len(chunk))
     bar.close()
     return _finish(rows, ids_seen, tok.layout, failed, out)
@@ -115,7 +134,7 @@ def evaluate_folder(folder: str | Path, checkpoint: str | Path, *, resize: str =
 
 def evaluate_store(store_root: str, token_stage: str | None = None, *, limit: int | None = None,
                    out: str | None = None, batch_size: int = 32, device: str = "cpu",
-                   progress: bool = True) -> EvalSummary:
+                   progress: bool = True, lpips=None) -> EvalSummary:
     """Decode a store's stored pixel ids and compare with its stored images."""
     from tqdm import tqdm
 
@@ -167,10 +186,9 @@ def evaluate_store(store_root: str, token_stage: str | None = None, *, limit: in
             ids = np.stack([want[s.key].reshape(streams, positions) for s in chunk]).astype(np.int64)
             rec = to_uint8(tok.decode(torch.from_numpy(ids).to(device)))
             ids_seen.append(ids)
-            for s, r in zip(chunk, rec):
-                o = decode_one(s, pre)
-                p_, s_ = image_metrics(o, r)
-                rows.append({"key": s.key, "shard": shard, "psnr": p_, "ssim": s_})
+            orig = np.stack([decode_one(s, pre) for s in chunk])
+            for s, o, r, lp in zip(chunk, orig, rec, _lpips_values(lpips, orig, rec, device)):
+                rows.append(_row({"key": s.key, "shard": shard}, o, r, lp))
             bar.update(len(chunk))
     bar.close()
     return _finish(rows, ids_seen, tok.layout, failed, out)

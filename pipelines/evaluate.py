@@ -139,6 +139,7 @@ def evaluate_store(store_root: str, token_stage: str | None = None, *, limit: in
     from tqdm import tqdm
 
     from pipelines.fsutil import join
+    from pipelines.loader_common import lineage_of, resolve_stage
     from pipelines.shards import decode_one, iter_tar_samples
     from pipelines.store import open_store
     from pipelines.verify import output_stages
@@ -146,16 +147,13 @@ def evaluate_store(store_root: str, token_stage: str | None = None, *, limit: in
     from wintok.tokenizer import load_tokenizer
 
     store = open_store(store_root)
-    stages = [s for s in output_stages(store) if s.startswith("tokens/")]
     if token_stage is None:
+        stages = output_stages(store, ("tokens",))
         if len(stages) != 1:
             raise ValueError(f"{store_root} has token stores {stages}: name one with --tokens")
         token_stage = stages[0]
-    elif not token_stage.startswith("tokens/"):
-        token_stage = f"tokens/{token_stage}"
-    lineage = store.manifest()["stages"].get(token_stage, {}).get("lineage")
-    if not lineage:
-        raise ValueError(f"{token_stage} is not a token store of {store_root}; have {stages}")
+    token_stage = resolve_stage(store, token_stage, "tokens")
+    lineage = lineage_of(store, token_stage)
     tok = load_tokenizer(lineage["checkpoint"]).eval().to(device)
     if tok.identity != lineage["identity"]:
         raise ValueError(f"the checkpoint at {lineage['checkpoint']} is now {tok.identity}, but "
@@ -170,8 +168,8 @@ def evaluate_store(store_root: str, token_stage: str | None = None, *, limit: in
     for shard in sorted(commits):
         if limit and len(rows) >= limit:
             break
-        table = pq.read_table(join(store.stage_dir(token_stage), f"{shard:05d}.parquet"),
-                              filesystem=None, columns=["key", "pixel_ids"])
+        with store.fs.open(join(store.stage_dir(token_stage), f"{shard:05d}.parquet"), "rb") as f:
+            table = pq.read_table(f, columns=["key", "pixel_ids"])
         want = dict(zip(table.column("key").to_pylist(),
                         np.stack(table.column("pixel_ids").to_numpy(zero_copy_only=False))
                         if table.num_rows else []))

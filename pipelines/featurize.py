@@ -320,7 +320,7 @@ class _ShardWriter:
 
     def _write_zarr(self, rows: dict[str, np.ndarray]) -> dict[str, None]:
         """Write this shard's slot rows (its own chunk: no other writer touches it)."""
-        group = open_zarr(zarr_url(self.store, self.out), self.out.zarr_layout_name, mode="r+")
+        group = open_zarr(zarr_url(self.store, self.out.stage), self.out.zarr_layout_name, mode="r+")
         cap = self.owner.capacity
         start = self.shard * cap
         idx = np.asarray(self.indices, np.int64)
@@ -355,9 +355,9 @@ def _fixed(a: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
 
 
-def zarr_url(store: Store, out: Output) -> str:
-    """URL of an output's Zarr group (a plain path on the local filesystem)."""
-    path = join(store.stage_dir(out.stage), "zarr")
+def zarr_url(store: Store, stage: str) -> str:
+    """URL of a stage's Zarr group (a plain path on the local filesystem)."""
+    path = join(store.stage_dir(stage), "zarr")
     return path if is_local(store.fs) else store.fs.unstrip_protocol(path)
 
 
@@ -385,7 +385,7 @@ def create_output_arrays(store: Store, out: Output, *, num_shards: int, capacity
         patch = (d["patch_tokens"], d["patch_dim"]) if d.get("patch_dim") else None
         layout = teacher_features_layout(d["dim"], num_shards=num_shards, capacity=capacity,
                                          patch_shape=patch)
-    url = zarr_url(store, out)
+    url = zarr_url(store, out.stage)
     if not store.fs.exists(join(url, "zarr.json")):
         create_zarr(url, layout)
         return

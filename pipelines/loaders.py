@@ -35,6 +35,7 @@ from pipelines.fsutil import is_local, join
 from pipelines.loader_common import (arrange_ids, as_store, check_id_layout, check_ids_dtype,
                                      resolve_stage,
                                      stored_captions, token_layout_of)
+from pipelines.featurize import zarr_url
 from pipelines.loader_distill import DistillDataset, distill_loss
 from pipelines.loader_order import (BatchStream, ResumableLoader, check_pos_int, epoch_rng,
                                     split_batches)
@@ -66,7 +67,7 @@ class ZarrTokenDataset(BatchStream):
         self.store = store
         self.stage = resolve_stage(store, token_stage, "tokens")
         self.token_layout = token_layout_of(store, self.stage)
-        self.zarr_url = _zarr_url(store, self.stage)
+        self.zarr_url = zarr_url(store, self.stage)
         group = open_zarr(self.zarr_url, "tokens")
         self.augment = tuple(augment)
         if set(self.augment) - {"hflip"}:
@@ -298,11 +299,6 @@ def _batch(ids: np.ndarray, keys: list[str], captions: dict | None, layout: str,
     if captions is not None:
         out["caption"] = [captions.get(k) for k in keys]
     return out
-
-
-def _zarr_url(store, stage: str) -> str:
-    path = join(store.stage_dir(stage), "zarr")
-    return path if is_local(store.fs) else store.fs.unstrip_protocol(path)
 
 
 def _arrow_fs(store):

@@ -44,7 +44,7 @@ def fresh_featurizer(store_root: Path, spec, capacity: int, num_shards: int):
     store = open_store(str(store_root))
     for d in ("tokens", "features"):
         shutil.rmtree(store_root / d, ignore_errors=True)
-    feat = ShardFeaturizer(spec, store, capacity=capacity, num_shards=num_shards, device="cpu")
+    feat = ShardFeaturizer(spec, store, capacity=capacity, device="cpu")
     for o in feat.outputs:
         create_output_arrays(store, o, num_shards=num_shards, capacity=capacity)
     return feat, store

@@ -59,14 +59,13 @@ def _make_actor_class(num_gpus: float, num_cpus: float):
 
     @ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=0)
     class FeaturizeActor:
-        def __init__(self, spec, store, capacity, num_shards, name, threads):
+        def __init__(self, spec, store, capacity, name, threads):
             import torch
 
             if threads:
                 torch.set_num_threads(threads)
             self.name = name
-            self.inner = ShardFeaturizer(spec, store, capacity=capacity, num_shards=num_shards,
-                                         worker=name)
+            self.inner = ShardFeaturizer(spec, store, capacity=capacity, worker=name)
 
         def process(self, shard: int) -> ShardResult:
             return self.inner.process(shard)
@@ -80,7 +79,7 @@ def _make_actor_class(num_gpus: float, num_cpus: float):
     return FeaturizeActor
 
 
-def _ensure_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -> bool:
+def _ensure_ray(address: str | None) -> bool:
     """Start (or connect to) Ray; returns True when this call started it."""
     import ray
 
@@ -91,7 +90,7 @@ def _ensure_ray(address: str | None, num_cpus: int | None, num_gpus: int | None)
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, **kwargs)
+        ray.init(num_cpus=os.cpu_count(), **kwargs)
     return True
 
 
@@ -152,9 +151,9 @@ def featurize(store_root: str, spec: FeaturizeSpec, *, ray_address: str | None =
         summary.shards_total = len(wanted)
         summary.shards_skipped = len(wanted) - len(todo)
         if todo:
-            started = _ensure_ray(ray_address, None, None)
+            started = _ensure_ray(ray_address)
             try:
-                _run_pool(store, spec, todo, capacity, num_shards, summary, num_workers,
+                _run_pool(store, spec, todo, capacity, summary, num_workers,
                           threads_per_worker, max_retries, progress, on_dispatch)
             finally:
                 if started:
@@ -169,7 +168,7 @@ def featurize(store_root: str, spec: FeaturizeSpec, *, ray_address: str | None =
 
 
 def _run_pool(store: Store, spec: FeaturizeSpec, todo: list[int], capacity: int,
-              num_shards: int, summary: FeaturizeSummary, num_workers: int | None,
+              summary: FeaturizeSummary, num_workers: int | None,
               threads: int | None, max_retries: int, progress: bool, on_dispatch,
               startup_timeout: float = 600.0) -> None:
     import ray
@@ -197,7 +196,7 @@ def _run_pool(store: Store, spec: FeaturizeSpec, todo: list[int], capacity: int,
         nonlocal serial
         serial += 1
         name = f"worker-{serial}"
-        actor = actor_cls.remote(spec, store, capacity, num_shards, name, threads)
+        actor = actor_cls.remote(spec, store, capacity, name, threads)
         starting[actor.where.remote()] = (name, actor, time.monotonic())
 
     for _ in range(n):

@@ -117,13 +117,13 @@ class ShardResult:
 class ShardFeaturizer:
     """Holds the models once and featurizes shards one at a time (the Ray actor's body)."""
 
-    def __init__(self, spec: FeaturizeSpec, store: Store, *, capacity: int, num_shards: int,
+    def __init__(self, spec: FeaturizeSpec, store: Store, *, capacity: int,
                  device: str | None = None, worker: str = ""):
         from wintok.teachers import build_teacher
         from wintok.tokenizer import load_tokenizer
 
         self.spec, self.store = spec, store
-        self.capacity, self.num_shards = capacity, num_shards
+        self.capacity = capacity
         self.device = device or pick_device()
         self.precision = spec.precision if spec.precision != "auto" else (
             "bf16" if self.device.startswith("cuda") else "fp32")

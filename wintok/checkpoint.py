@@ -149,23 +149,34 @@ def build_and_load(config: WinTokConfig, state: dict[str, torch.Tensor], source:
 
 # ------------------------------------------------------------------- official format
 def torch_load_safely(path: Path) -> Any:
-    """`torch.load(weights_only=True)`: plain types only, so loading cannot run code."""
+    """`torch.load(weights_only=True)`: plain types only, so loading cannot run code.
+
+    Zip checkpoints (torch >= 1.6) are memory-mapped; legacy pickles (older releases such as
+    torchvision's VGG16, LPIPS and the FID Inception weights) load through the same
+    restricted unpickler.
+    """
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is not a torch zip checkpoint (truncated, corrupt, or a "
-                              f"legacy format); re-download or re-save it with torch.save")
+    legacy = not zipfile.is_zipfile(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
-        raise CheckpointError(
-            f"{path} refused: it needs arbitrary Python objects to unpickle, and loading it "
-            f"could run code ({first}). Only checkpoints made of tensors and plain types load "
-            f"here; re-save its state dict and args as plain types from a trusted "
-            f"environment.") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} cannot be read ({e}); it is truncated or corrupt") from None
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=not legacy)
+    except Exception as e:  # noqa: BLE001 - every way a file can fail becomes a named error
+        text = str(e).strip()
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        globals_ = [ln for ln in lines if "unsupported global" in ln.lower()]
+        if globals_:
+            raise CheckpointError(
+                f"{path} refused: it needs arbitrary Python objects to unpickle, and loading it "
+                f"could run code ({globals_[0]}). Only checkpoints made of tensors and plain "
+                f"types load here; re-save its state dict and args as plain types from a "
+                f"trusted environment (or re-download it: a truncated file can look like "
+                f"this).") from None
+        last = lines[-1] if lines else type(e).__name__
+        if legacy:
+            raise CheckpointError(f"{path} is neither a torch zip checkpoint nor a legacy torch "
+                                  f"pickle ({type(e).__name__}: {last}); it is truncated or "
+                                  f"corrupt: re-download or re-save it") from None
+        raise CheckpointError(f"{path} cannot be read ({last}); it is truncated or corrupt") from None
 
 
 def _count_layers(state: dict[str, torch.Tensor], prefix: str) -> int:

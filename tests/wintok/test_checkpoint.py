@@ -171,13 +171,27 @@ def test_pickle_that_runs_code_is_refused(official, tmp_path):
         load_checkpoint(p)
 
 
+def test_legacy_pickles_load_through_the_restricted_unpickler(official, tmp_path):
+    """Files saved before torch 1.6 (torchvision's VGG16, LPIPS, the FID Inception) are legacy
+    pickles: they load, and one that needs code is refused just like a zip checkpoint."""
+    path, sd, _ = official
+    legacy = tmp_path / "legacy.pth"
+    torch.save(torch.load(path, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    a, b = load_checkpoint(path, encoder_config=3), load_checkpoint(legacy, encoder_config=3)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    evil = tmp_path / "evil_legacy.pth"
+    torch.save({"w": torch.zeros(2), "hook": Evil()}, evil, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="refused: it needs arbitrary Python objects.*posix.system"):
+        load_checkpoint(evil)
+
+
 def test_not_a_checkpoint(tmp_path):
     p = tmp_path / "x.pth"
     torch.save({"weights": torch.zeros(2)}, p)
     with pytest.raises(CheckpointError, match="not a recognised tokenizer checkpoint"):
         load_checkpoint(p)
     (tmp_path / "junk.pth").write_bytes(b"hello")
-    with pytest.raises(CheckpointError, match="not a torch zip checkpoint"):
+    with pytest.raises(CheckpointError, match="neither a torch zip checkpoint nor a legacy"):
         load_checkpoint(tmp_path / "junk.pth")
     with pytest.raises(CheckpointError, match="has no config.json"):
         load_checkpoint(tmp_path)

@@ -75,29 +75,38 @@ def train(store: str, teacher_store: str, preset: str, out: Path, steps: int, ba
               help="LPIPS: lpips_with_vgg.pth (official WinTok layout) or torchvision's VGG16 .pth.")
 @click.option("--lpips-lin", type=click.Path(exists=True, dir_okay=False), default=None,
               help="LPIPS linear weights (the lpips package's vgg.pth) to go with a torchvision VGG16.")
+@click.option("--fid-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="rFID: the FID InceptionV3 weights, torch-fidelity's "
+                   "weights-inception-2015-12-05-6726825d.pth or pytorch-fid's "
+                   "pt_inception-2015-12-05-6726825d.pth.")
 @click.option("--device", default="cpu", show_default=True)
 def evaluate(source: str, checkpoint: Path | None, tokens: str | None, limit: int | None,
              resize: str, out: str | None, lpips_weights: str | None, lpips_lin: str | None,
-             device: str) -> None:
-    """PSNR / SSIM of reconstructions: decode a store's tokens, or encode+decode an image
-    folder (ImageNet-val class folders, COCO val2017, any tree of images)."""
+             fid_weights: str | None, device: str) -> None:
+    """PSNR / SSIM of reconstructions, plus LPIPS and rFID given their networks' weights:
+    decode a store's tokens, or encode+decode an image folder (ImageNet-val class folders,
+    COCO val2017, any tree of images)."""
     from pipelines.evaluate import evaluate_folder, evaluate_store
+    from pipelines.fid import load_fid_inception
     from pipelines.lpips import load_lpips
     from wintok.errors import WinTokError
 
     src = Path(source)
     try:
         lp = load_lpips(lpips_weights, lpips_lin) if lpips_weights else None
+        fid = load_fid_inception(fid_weights) if fid_weights else None
         if (src / "_manifest.json").exists():
-            s = evaluate_store(source, tokens, limit=limit, out=out, device=device, lpips=lp)
+            s = evaluate_store(source, tokens, limit=limit, out=out, device=device, lpips=lp,
+                               fid=fid)
         else:
             if checkpoint is None:
                 raise ValueError("an image folder needs --checkpoint")
             s = evaluate_folder(src, checkpoint, resize=resize, limit=limit, out=out,
-                                device=device, lpips=lp)
+                                device=device, lpips=lp, fid=fid)
     except (ValueError, FileNotFoundError, WinTokError) as e:
         raise _fail(str(e))
     extra = f"   LPIPS {s.lpips:.4f}" if s.lpips is not None else ""
+    extra += f"   rFID {s.rfid:.3f}" if s.rfid is not None else ""
     click.echo(f"images {s.images}   PSNR {s.psnr:.2f} dB   SSIM {s.ssim:.4f}{extra}")
     if s.codebook_usage_pct:
         click.echo("codebook usage " + " ".join(f"{u:.1f}%" for u in s.codebook_usage_pct))
@@ -105,5 +114,12 @@ def evaluate(source: str, checkpoint: Path | None, tokens: str | None, limit: in
         click.echo(f"{len(s.failed)} images could not be read, e.g. {s.failed[0][0]}: {s.failed[0][1]}")
     if s.per_image:
         click.echo(f"per-image results: {s.per_image}")
-    if s.lpips is None:
-        click.echo("LPIPS: pass --lpips-weights (weights on disk); rFID: not implemented yet")
+    missing = [m for m, given in (("LPIPS: --lpips-weights", lpips_weights),
+                                  ("rFID: --fid-weights", fid_weights)) if not given]
+    if missing:
+        click.echo("not measured (needs weights on disk): " + "; ".join(missing))
+    if fid_weights and s.rfid is None:
+        click.echo("rFID: needs at least 2 images")
+    if s.rfid is not None and s.images < 10_000:
+        click.echo(f"note: rFID over {s.images} images is biased upwards; published numbers use "
+                   f"50,000 (ImageNet val)")

@@ -4,7 +4,8 @@ Store: decode the stored pixel ids and compare with the stored images (preproces
 featurize did). Folder (ImageNet-val class folders, COCO val2017 flat, or any tree of images):
 encode then decode each image. PSNR and SSIM always (scikit-image's implementations: SSIM with
 an 11x11 Gaussian window, sigma 1.5, on all three channels, data range 255); LPIPS when given
-an `pipelines.lpips.LPIPS` built from weights on disk. rFID is not implemented yet (README).
+an `pipelines.lpips.LPIPS` built from weights on disk; rFID (`pipelines.fid`, torch-fidelity's
+protocol) between all originals and all reconstructions when given the FID Inception network.
 Per-image results go to Parquet; the summary is returned and printed by the CLI.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ class EvalSummary:
     psnr: float = float("nan")  # mean over images, dB
     ssim: float = float("nan")  # mean over images
     lpips: float | None = None  # mean over images, when LPIPS weights were given
+    rfid: float | None = None  # over the whole set, when FID Inception weights were given
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     codebook_usage_pct: list[float] = field(default_factory=list)  # per stream, % of ids used
     per_image: str | None = None  # Parquet path of per-image results
@@ -43,8 +45,11 @@ def image_metrics(original: np.ndarray, recon: np.ndarray) -> tuple[float, float
     return float(min(psnr, 100.0)), float(ssim)
 
 
-def _finish(rows: list[dict], ids_seen: list[np.ndarray], layout, failed, out: str | None) -> EvalSummary:
+def _finish(rows: list[dict], ids_seen: list[np.ndarray], layout, failed, out: str | None,
+            rfid=None) -> EvalSummary:
     s = EvalSummary(images=len(rows), failed=failed)
+    if rfid is not None and rfid.real.n >= 2:
+        s.rfid = rfid.value()
     if rows:
         s.psnr = float(np.mean([r["psnr"] for r in rows]))
         s.ssim = float(np.mean([r["ssim"] for r in rows]))
@@ -81,6 +86,15 @@ def _lpips_values(lpips, orig: np.ndarray, rec: np.ndarray, device: str) -> list
     return lpips.to(device)(to_tensor(list(orig)).to(device), to_tensor(list(rec)).to(device)).tolist()
 
 
+def _rfid(fid, device: str):
+    """An rFID accumulator around the FID Inception network, or None."""
+    if fid is None:
+        return None
+    from pipelines.fid import RFID
+
+    return RFID(fid, device=device)
+
+
 def _row(base: dict, o: np.ndarray, r: np.ndarray, lp: float | None) -> dict:
     p_, s_ = image_metrics(o, r)
     row = {**base, "psnr": p_, "ssim": s_}
@@ -91,8 +105,10 @@ def _row(base: dict, o: np.ndarray, r: np.ndarray, lp: float | None) -> dict:
 
 def evaluate_folder(folder: str | Path, checkpoint: str | Path, *, resize: str = "center-crop",
                     batch_size: int = 16, limit: int | None = None, out: str | None = None,
-                    device: str = "cpu", progress: bool = True, lpips=None) -> EvalSummary:
-    """Encode then decode every image under `folder` (recursively, sorted) and measure."""
+                    device: str = "cpu", progress: bool = True, lpips=None, fid=None) -> EvalSummary:
+    """Encode then decode every image under `folder` (recursively, sorted) and measure.
+
+    `lpips`: a `pipelines.lpips.LPIPS`; `fid`: a `pipelines.fid.InceptionFID` (rFID)."""
     from tqdm import tqdm
 
     from wintok.errors import ImageError
@@ -110,6 +126,7 @@ def evaluate_folder(folder: str | Path, checkpoint: str | Path, *, resize: str =
     tok = load_tokenizer(checkpoint).eval().to(device)
     pre = Preprocess(size=tok.image_size, resize=resize)
     rows, ids_seen, failed = [], [], []
+    rfid = _rfid(fid, device)
     bar = tqdm(total=len(paths), unit="img", desc="eval", disable=not progress, file=sys.stderr)
     for chunk in _batched(paths, batch_size):
         xs, names = [], []
@@ -125,17 +142,20 @@ def evaluate_folder(folder: str | Path, checkpoint: str | Path, *, resize: str =
             rec = to_uint8(tok.decode(ids))
             orig = to_uint8(x)
             ids_seen.append(ids.cpu().numpy())
+            if rfid is not None:
+                rfid.add(orig, rec)
             for name, o, r, lp in zip(names, orig, rec, _lpips_values(lpips, orig, rec, device)):
                 rows.append(_row({"image": name}, o, r, lp))
         bar.update(len(chunk))
     bar.close()
-    return _finish(rows, ids_seen, tok.layout, failed, out)
+    return _finish(rows, ids_seen, tok.layout, failed, out, rfid)
 
 
 def evaluate_store(store_root: str, token_stage: str | None = None, *, limit: int | None = None,
                    out: str | None = None, batch_size: int = 32, device: str = "cpu",
-                   progress: bool = True, lpips=None) -> EvalSummary:
-    """Decode a store's stored pixel ids and compare with its stored images."""
+                   progress: bool = True, lpips=None, fid=None) -> EvalSummary:
+    """Decode a store's stored pixel ids and compare with its stored images (`lpips`, `fid`:
+    as in `evaluate_folder`)."""
     from tqdm import tqdm
 
     from pipelines.fsutil import join
@@ -162,6 +182,7 @@ def evaluate_store(store_root: str, token_stage: str | None = None, *, limit: in
     streams, positions = tok.layout.ids_shape
     rows, ids_seen, failed = [], [], []
     commits = store.commits(token_stage)
+    rfid = _rfid(fid, device)
     total = sum(r.counts["rows"] for r in commits.values())
     total = min(total, limit) if limit else total
     bar = tqdm(total=total, unit="img", desc="eval", disable=not progress, file=sys.stderr)
@@ -185,8 +206,10 @@ def evaluate_store(store_root: str, token_stage: str | None = None, *, limit: in
             rec = to_uint8(tok.decode(torch.from_numpy(ids).to(device)))
             ids_seen.append(ids)
             orig = np.stack([decode_one(s, pre) for s in chunk])
+            if rfid is not None:
+                rfid.add(orig, rec)
             for s, o, r, lp in zip(chunk, orig, rec, _lpips_values(lpips, orig, rec, device)):
                 rows.append(_row({"key": s.key, "shard": shard}, o, r, lp))
             bar.update(len(chunk))
     bar.close()
-    return _finish(rows, ids_seen, tok.layout, failed, out)
+    return _finish(rows, ids_seen, tok.layout, failed, out, rfid)

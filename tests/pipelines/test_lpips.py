@@ -1,4 +1,7 @@
 """LPIPS from weight files on disk (random weights in the real file layouts)."""
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -53,6 +56,18 @@ def test_metric_properties(files):
     torch.testing.assert_close(torch.cat([m(x[i:i + 1], y[i:i + 1]) for i in range(3)]), d,
                                rtol=1e-5, atol=1e-6)
     assert (m(x, x + 0.01 * (y - x)) < d).all()  # closer images, smaller distance
+
+
+def test_matches_the_lpips_package(files):
+    """`data/lpips_golden.json` was made by the lpips package 0.1.4 (`lpips.LPIPS(net="vgg")`,
+    its modules loaded with a stand-in for torchvision's `vgg16()` that builds the same VGG16
+    feature stack, since torchvision does not import beside the CPU torch here), its VGG and
+    linear layers loaded from this fixture's `vgg16.pth` and `vgg.pth`."""
+    golden = json.loads((Path(__file__).parent / "data" / "lpips_golden.json").read_text())
+    m = load_lpips(files / "lpips_with_vgg.pth")
+    x, y = images(3, 1), images(3, 2)
+    torch.testing.assert_close(m(x, y), torch.tensor(golden["noise"]), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(m(x, x + 0.1 * (y - x)), torch.tensor(golden["near"]), rtol=1e-6, atol=1e-7)
 
 
 def test_both_file_layouts_give_the_same_metric(files):

@@ -273,11 +273,13 @@ def ids_at(data: np.ndarray, offsets: np.ndarray, info: dict) -> np.ndarray:
     packed = info["format"] == "packed"
     bits = int(info["bits"]) if packed else 16
     nbytes = packed_size(S * P, bits) if packed else S * P * 2
-    raw = data[offsets[:, None] + np.arange(nbytes)] if n else np.zeros((0, nbytes), np.uint8)
+    # one memcpy per sample: rows of a sliding window over the shard bytes
+    raw = (np.lib.stride_tricks.sliding_window_view(data, nbytes)[offsets] if n
+           else np.zeros((0, nbytes), np.uint8))
     if not packed:
-        return raw.view("<u2").astype(np.uint16).reshape(n, S, P)
+        return raw.view("<u2").astype(np.uint16, copy=False).reshape(n, S, P)
     if (S * P * bits) % 8 == 0 and (bits != 12 or (S * P) % 2 == 0):  # no per-sample padding
-        return unpack_ids(raw.tobytes(), bits, n * S * P).reshape(n, S, P)
+        return unpack_ids(raw, bits, n * S * P).reshape(n, S, P)
     return np.stack([unpack_ids(r.tobytes(), bits, S * P) for r in raw]).reshape(n, S, P)
 
 

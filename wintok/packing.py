@@ -23,21 +23,25 @@ def pack_ids(ids: np.ndarray, bits: int) -> bytes:
     return np.packbits(bitmat.reshape(-1), bitorder="little").tobytes()
 
 
-def unpack_ids(data: bytes, bits: int, count: int) -> np.ndarray:
-    """Inverse of pack_ids: the first `count` ids as uint16 (raises on a short buffer)."""
+def unpack_ids(data: bytes | np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of pack_ids: the first `count` ids as uint16 (raises on a short buffer).
+
+    `data`: bytes or any C-contiguous buffer (a uint8 array is read without a copy)."""
     if not 1 <= bits <= 16:
         raise ValueError(f"bits must be in [1, 16], got {bits}")
     need = packed_size(count, bits)
-    if len(data) < need:
+    have = data.nbytes if isinstance(data, np.ndarray) else len(data)
+    if have < need:
         raise ValueError(f"packed ids need {need} bytes for {count} ids of {bits} bits, got "
-                         f"{len(data)}")
+                         f"{have}")
     buf = np.frombuffer(data, dtype=np.uint8, count=need)
-    if bits == 12:
-        t = buf.reshape(-1, 3).astype(np.uint32)
-        word = t[:, 0] | (t[:, 1] << 8) | (t[:, 2] << 16)
-        out = np.empty(t.shape[0] * 2, dtype=np.uint16)
-        out[0::2], out[1::2] = word & 0xFFF, word >> 12
-        return out[:count]
+    if bits == 12:  # bytes (b0, b1, b2) -> ids b0 | (b1 & 15) << 8 and b1 >> 4 | b2 << 4
+        t = buf.reshape(-1, 3)
+        b0, b1, b2 = (t[:, i].astype(np.uint16) for i in range(3))
+        out = np.empty((t.shape[0], 2), dtype=np.uint16)
+        out[:, 0] = b0 | ((b1 & 0xF) << 8)
+        out[:, 1] = (b1 >> 4) | (b2 << 4)
+        return out.reshape(-1)[:count]
     bitvec = np.unpackbits(buf, bitorder="little")[: count * bits].reshape(count, bits)
     return (bitvec.astype(np.uint32) << np.arange(bits, dtype=np.uint32)).sum(1).astype(np.uint16)
 

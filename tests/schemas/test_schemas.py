@@ -126,3 +126,15 @@ def test_zarr_slot_layout_create_and_check(tmp_path):
     open_zarr(str(tmp_path / "tok.zarr"), "tokens")
     with pytest.raises(ValueError, match="expected Zarr layout 'teacher_features'"):
         open_zarr(str(tmp_path / "tok.zarr"), "teacher_features")
+
+
+def test_12_bit_packing_golden_bytes_and_array_input():
+    """LSB first: ids 0xABC, 0x123 pack to bytes BC 3A 12; a uint8 array (2-D, as the streaming
+    loader gathers rows) unpacks like bytes, and a short buffer is refused in either form."""
+    assert pack_ids(np.array([0xABC, 0x123]), 12) == bytes([0xBC, 0x3A, 0x12])
+    ids = np.random.default_rng(3).integers(0, 4096, (5, 1024))
+    rows = np.stack([np.frombuffer(pack_ids(r, 12), np.uint8) for r in ids])  # (5, 1536)
+    np.testing.assert_array_equal(unpack_ids(rows, 12, ids.size).reshape(ids.shape), ids)
+    np.testing.assert_array_equal(unpack_ids(pack_ids(ids[0, :7], 12), 12, 7), ids[0, :7])
+    with pytest.raises(ValueError, match="need 1536 bytes"):
+        unpack_ids(rows[0, :-1], 12, 1024)

@@ -27,12 +27,25 @@ def _fail(msg: str) -> click.exceptions.Exit:
 @click.option("--lr", type=float, default=4e-4, show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--ckpt-every", type=int, default=250, show_default=True)
+@click.option("--perceptual-weight", "lp", type=float, default=None,
+              help="LPIPS loss weight (TrainConfig lp; default 0: off). Needs --lpips-weights.")
+@click.option("--adv-weight", "ld", type=float, default=None,
+              help="Adversarial loss weight (TrainConfig ld; default 0: off): > 0 scales the "
+                   "adaptive weight, < 0 is a fixed weight abs(ld). More in --options "
+                   "(disc_start, disc_warmup, dcrit, llecam, disc_lr, ...).")
+@click.option("--lpips-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="For --perceptual-weight: lpips_with_vgg.pth (official WinTok layout) or "
+                   "torchvision's VGG16 .pth.")
+@click.option("--lpips-lin", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="LPIPS linear weights (the lpips package's vgg.pth) to go with a torchvision VGG16.")
 @click.option("--options", default=None,
               help='More TrainConfig fields as JSON, e.g. \'{"le": 0.05, "warmup_steps": 50}\'.')
 @click.option("--threads", type=int, default=None,
               help="torch CPU threads (1 avoids oversubscription on small shared machines).")
 def train(store: str, teacher_store: str, preset: str, out: Path, steps: int, batch_size: int,
-          lr: float, precision: str, ckpt_every: int, options: str | None, threads: int | None) -> None:
+          lr: float, precision: str, ckpt_every: int, lp: float | None, ld: float | None,
+          lpips_weights: str | None, lpips_lin: str | None, options: str | None,
+          threads: int | None) -> None:
     """Train a WinTok on STORE's images with its stored teacher targets (resumes from --out).
 
     \b
@@ -42,17 +55,21 @@ def train(store: str, teacher_store: str, preset: str, out: Path, steps: int, ba
 
     from pipelines.train import TrainConfig
     from pipelines.train import train as run_train
+    from wintok.errors import WinTokError
 
     if threads:
         torch.set_num_threads(threads)
     stage = teacher_store if teacher_store.startswith("features/") else f"features/{teacher_store}"
     try:
         extra = json.loads(options) if options else {}
+        given = {k: v for k, v in (("lp", lp), ("ld", ld)) if v is not None}
+        given.update({k: str(Path(v).resolve()) for k, v in (("lpips_weights", lpips_weights),
+                                                            ("lpips_lin", lpips_lin)) if v})
         cfg = TrainConfig.from_dict({"preset": preset, "steps": steps, "batch_size": batch_size,
                                      "lr": lr, "precision": precision, "ckpt_every": ckpt_every,
-                                     **extra})
+                                     **given, **extra})
         res = run_train(store, stage, out, cfg)
-    except (ValueError, FileNotFoundError, json.JSONDecodeError) as e:
+    except (ValueError, FileNotFoundError, json.JSONDecodeError, WinTokError) as e:
         raise _fail(str(e))
     click.echo(f"steps {res.steps_done} (resumed from {res.resumed_from}) in {res.seconds:.0f}s; "
                f"last loss {res.last.get('loss', float('nan')):.4f}, distill "

@@ -53,7 +53,12 @@ class LPIPS(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) x2 in [-1, 1] -> (B,) distances."""
+        """(B,3,H,W) x2 in [-1, 1] -> (B,) distances (no gradients; for evaluation)."""
+        return self.distance(x, y)
+
+    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """`forward` that lets gradients flow to the images (a training loss); the network's
+        own weights stay frozen."""
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"LPIPS needs two (B,3,H,W) batches of one shape, got "
                              f"{tuple(x.shape)} and {tuple(y.shape)}")

@@ -320,7 +320,8 @@ class _ShardWriter:
 
     def _write_zarr(self, rows: dict[str, np.ndarray]) -> dict[str, None]:
         """Write this shard's slot rows (its own chunk: no other writer touches it)."""
-        group = open_zarr(zarr_url(self.store, self.out.stage), self.out.zarr_layout_name, mode="r+")
+        group = open_zarr(zarr_url(self.store, self.out.stage), self.out.zarr_layout_name, mode="r+",
+                          storage_options=zarr_options(self.store))
         cap = self.owner.capacity
         start = self.shard * cap
         idx = np.asarray(self.indices, np.int64)
@@ -361,6 +362,11 @@ def zarr_url(store: Store, stage: str) -> str:
     return path if is_local(store.fs) else store.fs.unstrip_protocol(path)
 
 
+def zarr_options(store: Store) -> dict | None:
+    """The fsspec options Zarr needs to open `zarr_url` (credentials, endpoint), if remote."""
+    return None if is_local(store.fs) else (dict(store.storage_options) or None)
+
+
 def _chunk_files(store: Store, out: Output, arrays: list[str], shard: int) -> list[str]:
     """Relative paths (from the stage dir) of the chunk files this shard wrote."""
     fs, stage_dir = store.fs, store.stage_dir(out.stage)
@@ -387,9 +393,9 @@ def create_output_arrays(store: Store, out: Output, *, num_shards: int, capacity
                                          patch_shape=patch)
     url = zarr_url(store, out.stage)
     if not store.fs.exists(join(url, "zarr.json")):
-        create_zarr(url, layout)
+        create_zarr(url, layout, storage_options=zarr_options(store))
         return
-    group = open_zarr(url, out.zarr_layout_name, mode="r+")
+    group = open_zarr(url, out.zarr_layout_name, mode="r+", storage_options=zarr_options(store))
     if group.attrs["capacity"] != capacity:
         raise ValueError(f"{url} was created with {group.attrs['capacity']} slots per shard, "
                          f"this run needs {capacity}")

@@ -13,15 +13,23 @@ _FS_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az"
                 "hf": "huggingface_hub", "sftp": "paramiko", "hdfs": "pyarrow"}
 
 
+# object-store backends whose directory listings fsspec caches per process
+_LISTING_CACHED = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
 def get_fs(url: str, **storage_options) -> tuple[fsspec.AbstractFileSystem, str]:
     """Filesystem and path for `url`; a missing backend package raises ImportError with its pip command."""
     if not isinstance(url, (str, os.PathLike)) or not str(url):
         raise ValueError(f"store/file URL must be a non-empty string or path, got {url!r}")
     url = os.fspath(url)
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    if protocol in _LISTING_CACHED:
+        # other processes (Ray workers, a resumed run) add files all the time: a cached listing
+        # would make fresh files look missing (seen with s3fs: verify after featurize)
+        storage_options = {"use_listings_cache": False, **storage_options}
     try:
         fs, path = fsspec.core.url_to_fs(url, **storage_options)
     except ImportError as err:
-        protocol = url.split("://", 1)[0] if "://" in url else "file"
         package = _FS_PACKAGES.get(protocol, f"the fsspec backend for {protocol}://")
         raise ImportError(f"cannot open {url!r}: the {protocol}:// filesystem needs `pip install {package}` "
                           f"({err})") from err

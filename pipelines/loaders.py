@@ -35,7 +35,7 @@ from pipelines.fsutil import is_local, join
 from pipelines.loader_common import (arrange_ids, as_store, check_id_layout, check_ids_dtype,
                                      resolve_stage,
                                      stored_captions, token_layout_of)
-from pipelines.featurize import zarr_url
+from pipelines.featurize import zarr_options, zarr_url
 from pipelines.loader_distill import DistillDataset, distill_loss
 from pipelines.loader_order import (BatchStream, ResumableLoader, check_pos_int, epoch_rng,
                                     split_batches)
@@ -68,7 +68,8 @@ class ZarrTokenDataset(BatchStream):
         self.stage = resolve_stage(store, token_stage, "tokens")
         self.token_layout = token_layout_of(store, self.stage)
         self.zarr_url = zarr_url(store, self.stage)
-        group = open_zarr(self.zarr_url, "tokens")
+        self.zarr_options = zarr_options(store)
+        group = open_zarr(self.zarr_url, "tokens", storage_options=self.zarr_options)
         self.augment = tuple(augment)
         if set(self.augment) - {"hflip"}:
             raise ValueError(f"augment {self.augment!r}: the only stored variant is 'hflip'")
@@ -111,7 +112,7 @@ class ZarrTokenDataset(BatchStream):
     # ---- dense copy of the ids ----------------------------------------------------------------
     def _read_dense(self) -> Iterator[tuple[int, np.ndarray]]:
         """(dense start, ids) per committed shard: one whole Zarr chunk read per shard."""
-        group = open_zarr(self.zarr_url, "tokens")
+        group = open_zarr(self.zarr_url, "tokens", storage_options=self.zarr_options)
         arrays = [group["pixel_ids"]] + ([group["pixel_ids_hflip"]] if self.augment else [])
         shard_of = self.rows // self.capacity
         bounds = np.flatnonzero(np.diff(shard_of, prepend=-1, append=-1))

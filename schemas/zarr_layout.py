@@ -97,11 +97,13 @@ def token_layout(
     return ZarrLayout("tokens", num_shards, capacity, arrays)
 
 
-def create_zarr(store_url: str, layout: ZarrLayout):
-    """Create an empty Zarr v3 group for `layout` (chunks aligned to shards) and return it."""
+def create_zarr(store_url: str, layout: ZarrLayout, *, storage_options: dict | None = None):
+    """Create an empty Zarr v3 group for `layout` (chunks aligned to shards) and return it.
+
+    `storage_options`: fsspec options (credentials, endpoint) for a remote `store_url`."""
     import zarr  # lazy: only publishing needs zarr
 
-    group = zarr.open_group(store_url, mode="w")
+    group = zarr.open_group(store_url, mode="w", storage_options=storage_options or None)
     group.attrs.update(layout.attrs())
     for spec in layout.arrays:
         shape = (layout.rows,) + spec.row_shape
@@ -114,11 +116,12 @@ def create_zarr(store_url: str, layout: ZarrLayout):
     return group
 
 
-def open_zarr(store_url: str, layout_name: str, *, mode: str = "r"):
+def open_zarr(store_url: str, layout_name: str, *, mode: str = "r",
+              storage_options: dict | None = None):
     """Open a Zarr group and refuse it when its layout name or version does not match."""
     import zarr
 
-    group = zarr.open_group(store_url, mode=mode)
+    group = zarr.open_group(store_url, mode=mode, storage_options=storage_options or None)
     name = group.attrs.get("wintok.layout")
     version = group.attrs.get("wintok.layout_version")
     if name != layout_name:

@@ -290,10 +290,7 @@ def train(store_root: str, teacher_stage: str, out_dir: str | Path, cfg: TrainCo
         disc = build_discriminator(cfg.disc_width, cfg.disc_layers, cfg.seed + 1).to(device)
         opt_d = _adamw(disc, cfg.disc_lr, cfg.disc_wd, cfg.disc_optim_beta)
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+    opt = _adamw(model, cfg.lr, cfg.weight_decay, cfg.betas)
     state_path = out / "train_state.pt"
     start = 0
     if state_path.exists():

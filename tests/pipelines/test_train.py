@@ -122,19 +122,24 @@ if __name__ == "__main__":
 """
 
 
+def _torchrun(runner: str, script, port: int, *args) -> str:
+    """Run `runner` as a script on two ranks (gloo, loopback); its stdout, after exit code 0."""
+    script.write_text(runner)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(port), str(script),
+                          *map(str, args)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
 @pytest.mark.slow
 def test_torchrun_ddp_on_cpu(teacher_store, tmp_path):
     """Two ranks (gloo on CPU) train together; rank 0 alone writes the log and checkpoint."""
     store, stage = teacher_store
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_RUNNER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", "29533", str(script),
-                          str(store), stage, str(tmp_path / "ddp")],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    ranks = sorted(line for line in out.stdout.splitlines() if line.startswith("RANK"))
+    stdout = _torchrun(DDP_RUNNER, tmp_path / "ddp.py", 29533, store, stage, tmp_path / "ddp")
+    ranks = sorted(line for line in stdout.splitlines() if line.startswith("RANK"))
     assert ranks == ["RANK 0 3 True", "RANK 1 3 False"]
     assert [r["step"] for r in log(tmp_path / "ddp")] == [1, 2, 3]
     assert load_tokenizer(tmp_path / "ddp" / "model").config.semantic_width == 1280
@@ -361,15 +366,9 @@ def test_torchrun_ddp_with_both_terms(teacher_store, lpips_file, tmp_path):
     """Two ranks with LPIPS and the discriminator: the discriminator is trained through DDP, so
     both ranks end with the same discriminator weights, and they differ from its init."""
     store, stage = teacher_store
-    script = tmp_path / "ddp_gan.py"
-    script.write_text(DDP_GAN_RUNNER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", "29534", str(script),
-                          str(store), stage, str(tmp_path / "ddp"), str(lpips_file)],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    ranks = sorted(line.split() for line in out.stdout.splitlines() if line.startswith("RANK"))
+    stdout = _torchrun(DDP_GAN_RUNNER, tmp_path / "ddp_gan.py", 29534, store, stage,
+                       tmp_path / "ddp", lpips_file)
+    ranks = sorted(line.split() for line in stdout.splitlines() if line.startswith("RANK"))
     assert [r[:3] for r in ranks] == [["RANK", "0", "3"], ["RANK", "1", "3"]]
     assert ranks[0][3] == ranks[1][3]  # discriminator weights agree across ranks
     init = disc_init(TrainConfig(disc_width=16, disc_layers=2))

@@ -220,7 +220,7 @@ class InceptionFID(nn.Module):
 
 def load_fid_inception(path: str | Path) -> InceptionFID:
     """The FID network from a weight file on disk (see the module docstring for which)."""
-    from wintok.checkpoint import torch_load_safely
+    from wintok.checkpoint import shape_mismatches, torch_load_safely
 
     path = Path(path)
     obj = torch_load_safely(path)
@@ -238,8 +238,7 @@ def load_fid_inception(path: str | Path) -> InceptionFID:
         raise CheckpointError(f"{path} is not the FID Inception ({hint}): missing "
                               f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
                               f"{unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-           if tuple(v.shape) != tuple(own[k].shape)]
+    bad = shape_mismatches(state, own)
     if bad:
         raise CheckpointError(f"{path}: wrong shapes for the FID Inception ({hint}): {'; '.join(bad[:3])}")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)

@@ -105,8 +105,9 @@ def load_lpips(vgg: str | Path, lin: str | Path | None = None) -> LPIPS:
         state[f"lins.{k}.weight"] = lins[key]
     model = LPIPS()
     own = model.state_dict()
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-           if tuple(v.shape) != tuple(own[k].shape)]
+    from wintok.checkpoint import shape_mismatches
+
+    bad = shape_mismatches(state, own)
     if bad:
         raise CheckpointError(f"LPIPS weights have the wrong shapes: {'; '.join(bad[:5])}")
     state.update({"shift": own["shift"], "scale": own["scale"]})

@@ -119,6 +119,15 @@ def load_pretrained_wintok(directory: str | Path) -> WinTok:
 
 
 # --------------------------------------------------------------------- strict loading
+def shape_mismatches(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                     labels: tuple[str, str] = ("", "")) -> list[str]:
+    """'key: <labels[0]>(shape) vs <labels[1]>(shape)' for each key present in both whose
+    shapes differ, in key order."""
+    return [f"{k}: {labels[0]}{tuple(state[k].shape)} vs {labels[1]}{tuple(expected[k].shape)}"
+            for k in sorted(set(state) & set(expected))
+            if tuple(state[k].shape) != tuple(expected[k].shape)]
+
+
 def build_and_load(config: WinTokConfig, state: dict[str, torch.Tensor], source: str) -> WinTok:
     """Build a WinTok for `config` and load `state` strictly, naming every disagreement."""
     state = {k: v for k, v in state.items() if not _IGNORABLE.search(k)}
@@ -127,9 +136,7 @@ def build_and_load(config: WinTokConfig, state: dict[str, torch.Tensor], source:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(expected[k].shape)}"
-                  for k in sorted(set(state) & set(expected))
-                  if tuple(state[k].shape) != tuple(expected[k].shape)]
+    mismatched = shape_mismatches(state, expected, ("checkpoint ", "config "))
     if missing or unexpected or mismatched:
         parts = []
         if mismatched:
